@@ -1,0 +1,1353 @@
+/*
+ * binding.c - the Node-API face of the addon (see src/native/binding.ts for the contract).
+ *
+ * This file only converts arguments and results and owns the lifetime of two native
+ * resources (mappings and poll watchers); every system call goes through sys.c.
+ * It is context-aware (NAPI_MODULE_INIT) and keeps no mutable global state, so it loads in
+ * worker threads.
+ *
+ * Errors: a failed system call throws an Error whose message is
+ * "<syscall>: <strerror> (<ERRNAME>)" with properties code (the errno name), errno
+ * (positive) and syscall. A bad argument throws a TypeError (or RangeError) with code
+ * "EINVAL" and no syscall. A call on a closed handle throws an Error with code "EBADF".
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/magic.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <asm-generic/hugetlb_encode.h>
+#include <node_api.h>
+#include <uv.h>
+
+#include "sys.h"
+#include <poll.h>
+
+/* Newer than the C library's headers on some systems (values from the kernel's uapi). */
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB HUGETLB_FLAG_ENCODE_2MB
+#endif
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U /* linux/memfd.h, Linux 6.3 */
+#endif
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010 /* linux/fcntl.h, Linux 5.1 */
+#endif
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* asm-generic/mman-common.h, Linux 5.14 */
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+#define MAX_SAFE_INTEGER 9007199254740991.0
+
+/* ------------------------------------------------------------------------------------ */
+/* errors                                                                               */
+/* ------------------------------------------------------------------------------------ */
+
+static int exception_pending(napi_env env) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  return pending;
+}
+
+/* Throws Error(message) with code = errno name, errno = err and, if given, syscall. */
+static void throw_error(napi_env env, int err, const char *syscall, const char *message) {
+  if (exception_pending(env)) return;
+  char namebuf[24];
+  const char *name = sys_errname(err, namebuf, sizeof(namebuf));
+  napi_value code, msg, error, errnum, sc;
+  if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code) != napi_ok ||
+      napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg) != napi_ok ||
+      napi_create_error(env, code, msg, &error) != napi_ok ||
+      napi_create_int32(env, err, &errnum) != napi_ok ||
+      napi_set_named_property(env, error, "errno", errnum) != napi_ok) {
+    return;
+  }
+  if (syscall != NULL) {
+    if (napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc) != napi_ok ||
+        napi_set_named_property(env, error, "syscall", sc) != napi_ok) {
+      return;
+    }
+  }
+  napi_throw(env, error);
+}
+
+/* A failed system call: err is a positive errno. Returns NULL for `return throw_...`. */
+static napi_value throw_errno(napi_env env, const char *syscall, int err) {
+  char descbuf[128], namebuf[24], message[256];
+  const char *desc = sys_strerror(err, descbuf, sizeof(descbuf));
+  const char *name = sys_errname(err, namebuf, sizeof(namebuf));
+  snprintf(message, sizeof(message), "%s: %s (%s)", syscall, desc, name);
+  throw_error(env, err, syscall, message);
+  return NULL;
+}
+
+/* A failure that is not a system call's (a closed handle, ...): code and errno only. */
+static napi_value throw_code(napi_env env, int err, const char *message) {
+  throw_error(env, err, NULL, message);
+  return NULL;
+}
+
+/* A bad argument: TypeError (or RangeError) with code EINVAL, no errno, no syscall. */
+static napi_value throw_arg(napi_env env, int range, const char *message) {
+  if (exception_pending(env)) return NULL;
+  if (range) {
+    napi_throw_range_error(env, "EINVAL", message);
+  } else {
+    napi_throw_type_error(env, "EINVAL", message);
+  }
+  return NULL;
+}
+
+/* A Node-API call itself failed: throws (unless an exception is already pending). */
+static void throw_napi(napi_env env) {
+  const napi_extended_error_info *info = NULL;
+  napi_get_last_error_info(env, &info);
+  const char *message = (info != NULL && info->error_message != NULL)
+                            ? info->error_message
+                            : "Node-API call failed";
+  if (exception_pending(env)) return;
+  napi_throw_error(env, "EIO", message);
+}
+
+#define NAPI(call)                   \
+  do {                               \
+    if ((call) != napi_ok) {         \
+      throw_napi(env);               \
+      return NULL;                   \
+    }                                \
+  } while (0)
+
+/* ------------------------------------------------------------------------------------ */
+/* arguments                                                                            */
+/* ------------------------------------------------------------------------------------ */
+
+#define ARGS(n)                                                          \
+  napi_value argv[(n) > 0 ? (n) : 1];                                   \
+  do {                                                                   \
+    size_t argc_ = (n);                                                  \
+    NAPI(napi_get_cb_info(env, info, &argc_, argv, NULL, NULL));         \
+  } while (0)
+
+/* An integral JS number in [min, max]. Returns 0, or -1 with an exception thrown. */
+static int arg_int(napi_env env, napi_value v, const char *what, double min, double max,
+                   int64_t *out) {
+  napi_valuetype type;
+  char message[160];
+  if (napi_typeof(env, v, &type) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (type != napi_number) {
+    snprintf(message, sizeof(message), "%s must be a number", what);
+    throw_arg(env, 0, message);
+    return -1;
+  }
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (!isfinite(d) || trunc(d) != d) {
+    snprintf(message, sizeof(message), "%s must be an integer", what);
+    throw_arg(env, 1, message);
+    return -1;
+  }
+  if (d < min || d > max) {
+    snprintf(message, sizeof(message), "%s must be in [%.0f, %.0f]", what, min, max);
+    throw_arg(env, 1, message);
+    return -1;
+  }
+  *out = (int64_t)d;
+  return 0;
+}
+
+/* A descriptor (any int32; the kernel reports EBADF for a bad one). */
+static int arg_fd(napi_env env, napi_value v, const char *what, int *out) {
+  int64_t x;
+  if (arg_int(env, v, what, -2147483648.0, 2147483647.0, &x) != 0) return -1;
+  *out = (int)x;
+  return 0;
+}
+
+static int arg_i32(napi_env env, napi_value v, const char *what, int32_t *out) {
+  int64_t x;
+  if (arg_int(env, v, what, -2147483648.0, 2147483647.0, &x) != 0) return -1;
+  *out = (int32_t)x;
+  return 0;
+}
+
+/* Flags / request codes: an int32 or uint32 (JS bit operations give negative int32s). */
+static int arg_bits(napi_env env, napi_value v, const char *what, uint32_t *out) {
+  int64_t x;
+  if (arg_int(env, v, what, -2147483648.0, 4294967295.0, &x) != 0) return -1;
+  *out = (uint32_t)x;
+  return 0;
+}
+
+/* A size or offset: a non-negative safe integer. */
+static int arg_size(napi_env env, napi_value v, const char *what, uint64_t *out) {
+  int64_t x;
+  if (arg_int(env, v, what, 0.0, MAX_SAFE_INTEGER, &x) != 0) return -1;
+  *out = (uint64_t)x;
+  return 0;
+}
+
+static int arg_bool(napi_env env, napi_value v, const char *what, int *out) {
+  napi_valuetype type;
+  if (napi_typeof(env, v, &type) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (type != napi_boolean) {
+    char message[160];
+    snprintf(message, sizeof(message), "%s must be a boolean", what);
+    throw_arg(env, 0, message);
+    return -1;
+  }
+  bool b;
+  if (napi_get_value_bool(env, v, &b) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  *out = b ? 1 : 0;
+  return 0;
+}
+
+/* A string as UTF-8 (malloc'ed, NUL-terminated, embedded NULs kept; *len excludes the
+ * terminator). */
+static int arg_string(napi_env env, napi_value v, const char *what, char **out, size_t *len) {
+  napi_valuetype type;
+  if (napi_typeof(env, v, &type) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (type != napi_string) {
+    char message[160];
+    snprintf(message, sizeof(message), "%s must be a string", what);
+    throw_arg(env, 0, message);
+    return -1;
+  }
+  size_t n;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &n) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  char *buf = malloc(n + 1);
+  if (buf == NULL) {
+    throw_errno(env, "malloc", ENOMEM);
+    return -1;
+  }
+  if (napi_get_value_string_utf8(env, v, buf, n + 1, &n) != napi_ok) {
+    free(buf);
+    throw_napi(env);
+    return -1;
+  }
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
+static size_t element_size(napi_typedarray_type t) {
+  switch (t) {
+    case napi_int8_array:
+    case napi_uint8_array:
+    case napi_uint8_clamped_array:
+      return 1;
+    case napi_int16_array:
+    case napi_uint16_array:
+      return 2;
+    case napi_int32_array:
+    case napi_uint32_array:
+    case napi_float32_array:
+      return 4;
+    case napi_float64_array:
+    case napi_bigint64_array:
+    case napi_biguint64_array:
+      return 8;
+  }
+  return 1;
+}
+
+/* The bytes of a TypedArray (Uint8Array, Buffer, ...) or DataView. */
+static int arg_bytes(napi_env env, napi_value v, const char *what, void **data, size_t *len) {
+  bool is;
+  if (napi_is_typedarray(env, v, &is) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (is) {
+    napi_typedarray_type t;
+    size_t n;
+    if (napi_get_typedarray_info(env, v, &t, &n, data, NULL, NULL) != napi_ok) {
+      throw_napi(env);
+      return -1;
+    }
+    *len = n * element_size(t);
+    return 0;
+  }
+  if (napi_is_dataview(env, v, &is) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (is) {
+    if (napi_get_dataview_info(env, v, len, data, NULL, NULL) != napi_ok) {
+      throw_napi(env);
+      return -1;
+    }
+    return 0;
+  }
+  char message[160];
+  snprintf(message, sizeof(message), "%s must be a Uint8Array", what);
+  throw_arg(env, 0, message);
+  return -1;
+}
+
+/* A JS array of descriptors (at most SYS_SCM_MAX_FD) into fds; *n receives the count. */
+static int arg_fd_array(napi_env env, napi_value v, const char *what, int *fds, size_t *n) {
+  bool is;
+  char message[160];
+  if (napi_is_array(env, v, &is) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (!is) {
+    snprintf(message, sizeof(message), "%s must be an array of descriptors", what);
+    throw_arg(env, 0, message);
+    return -1;
+  }
+  uint32_t len;
+  if (napi_get_array_length(env, v, &len) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (len > SYS_SCM_MAX_FD) {
+    snprintf(message, sizeof(message), "%s: at most %d descriptors", what, SYS_SCM_MAX_FD);
+    throw_arg(env, 1, message);
+    return -1;
+  }
+  for (uint32_t i = 0; i < len; i++) {
+    napi_value e;
+    if (napi_get_element(env, v, i, &e) != napi_ok) {
+      throw_napi(env);
+      return -1;
+    }
+    if (arg_fd(env, e, what, &fds[i]) != 0) return -1;
+  }
+  *n = len;
+  return 0;
+}
+
+static int arg_function(napi_env env, napi_value v, const char *what) {
+  napi_valuetype type;
+  if (napi_typeof(env, v, &type) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (type != napi_function) {
+    char message[160];
+    snprintf(message, sizeof(message), "%s must be a function", what);
+    throw_arg(env, 0, message);
+    return -1;
+  }
+  return 0;
+}
+
+/* Type tags tell our externals apart from each other and from anyone else's. */
+static const napi_type_tag MAPPING_TAG = {0x646d616275664d41ULL, 0x9b1c7e0a5d3f4a21ULL};
+static const napi_type_tag VIEW_TAG = {0x646d616275665649ULL, 0x2e8a4c6b1f9d0e37ULL};
+static const napi_type_tag POLL_TAG = {0x646d61627566504fULL, 0x71c3d5e9a2b8f604ULL};
+
+/* The native pointer of an external made by this addon with `tag`. */
+static int arg_external(napi_env env, napi_value v, const napi_type_tag *tag, const char *what,
+                        void **out) {
+  napi_valuetype type;
+  if (napi_typeof(env, v, &type) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  bool ok = false;
+  if (type == napi_external) {
+    if (napi_check_object_type_tag(env, v, tag, &ok) != napi_ok) {
+      throw_napi(env);
+      return -1;
+    }
+  }
+  if (!ok) {
+    char message[160];
+    snprintf(message, sizeof(message), "%s must be a handle made by this addon", what);
+    throw_arg(env, 0, message);
+    return -1;
+  }
+  if (napi_get_value_external(env, v, out) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* results                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+static napi_value undefined(napi_env env) {
+  napi_value u;
+  NAPI(napi_get_undefined(env, &u));
+  return u;
+}
+
+static napi_value number(napi_env env, double d) {
+  napi_value v;
+  NAPI(napi_create_double(env, d, &v));
+  return v;
+}
+
+static napi_value boolean(napi_env env, int b) {
+  napi_value v;
+  NAPI(napi_get_boolean(env, b != 0, &v));
+  return v;
+}
+
+static int set_number(napi_env env, napi_value obj, const char *key, double d) {
+  napi_value v;
+  if (napi_create_double(env, d, &v) != napi_ok ||
+      napi_set_named_property(env, obj, key, v) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  return 0;
+}
+
+/* Returns the descriptor r as a number, or throws for r < 0. */
+static napi_value fd_result(napi_env env, const char *syscall, int r) {
+  if (r < 0) return throw_errno(env, syscall, -r);
+  return number(env, r);
+}
+
+static napi_value void_result(napi_env env, const char *syscall, int r) {
+  if (r < 0) return throw_errno(env, syscall, -r);
+  return undefined(env);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* memfd, descriptors                                                                   */
+/* ------------------------------------------------------------------------------------ */
+
+static napi_value js_memfd_create(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char *name;
+  size_t len;
+  uint32_t flags;
+  if (arg_string(env, argv[0], "name", &name, &len) != 0) return NULL;
+  if (arg_bits(env, argv[1], "flags", &flags) != 0) {
+    free(name);
+    return NULL;
+  }
+  if (strlen(name) != len) {
+    free(name);
+    return throw_arg(env, 0, "name must not contain NUL characters");
+  }
+  int fd = sys_memfd_create(name, flags);
+  free(name);
+  return fd_result(env, "memfd_create", fd);
+}
+
+static napi_value js_add_seals(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  uint32_t seals;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bits(env, argv[1], "seals", &seals) != 0) return NULL;
+  return void_result(env, "fcntl", sys_add_seals(fd, seals));
+}
+
+static napi_value js_get_seals(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  return fd_result(env, "fcntl", sys_get_seals(fd));
+}
+
+static napi_value js_ftruncate(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  uint64_t size;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_size(env, argv[1], "size", &size) != 0) return NULL;
+  return void_result(env, "ftruncate", sys_ftruncate(fd, (int64_t)size));
+}
+
+static napi_value js_fallocate(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  uint32_t mode;
+  uint64_t offset, length;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bits(env, argv[1], "mode", &mode) != 0) return NULL;
+  if (arg_size(env, argv[2], "offset", &offset) != 0) return NULL;
+  if (arg_size(env, argv[3], "length", &length) != 0) return NULL;
+  return void_result(env, "fallocate",
+                     sys_fallocate(fd, (int)mode, (int64_t)offset, (int64_t)length));
+}
+
+static napi_value js_dup(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, cloexec;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bool(env, argv[1], "cloexec", &cloexec) != 0) return NULL;
+  return fd_result(env, "fcntl", sys_dup(fd, cloexec));
+}
+
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  return void_result(env, "close", sys_close(fd));
+}
+
+static napi_value js_fstat(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  struct sys_stat st;
+  int r = sys_fstat(fd, &st);
+  if (r < 0) return throw_errno(env, "fstat", -r);
+  napi_value obj, dev, ino;
+  NAPI(napi_create_object(env, &obj));
+  NAPI(napi_create_bigint_uint64(env, st.dev, &dev));
+  NAPI(napi_create_bigint_uint64(env, st.ino, &ino));
+  NAPI(napi_set_named_property(env, obj, "dev", dev));
+  NAPI(napi_set_named_property(env, obj, "ino", ino));
+  if (set_number(env, obj, "mode", (double)st.mode) != 0 ||
+      set_number(env, obj, "size", (double)st.size) != 0 ||
+      set_number(env, obj, "blksize", (double)st.blksize) != 0) {
+    return NULL;
+  }
+  return obj;
+}
+
+static napi_value js_fstatfs_type(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  uint32_t type;
+  int r = sys_fstatfs_type(fd, &type);
+  if (r < 0) return throw_errno(env, "fstatfs", -r);
+  return number(env, type);
+}
+
+static napi_value js_set_cloexec(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, on, previous;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bool(env, argv[1], "on", &on) != 0) return NULL;
+  int r = sys_set_cloexec(fd, on, &previous);
+  if (r < 0) return throw_errno(env, "fcntl", -r);
+  return boolean(env, previous);
+}
+
+static napi_value js_set_nonblock(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, on, previous;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bool(env, argv[1], "on", &on) != 0) return NULL;
+  int r = sys_set_nonblock(fd, on, &previous);
+  if (r < 0) return throw_errno(env, "fcntl", -r);
+  return boolean(env, previous);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* sockets                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+static napi_value js_socket_info(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd, domain, type;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  int r = sys_socket_info(fd, &domain, &type);
+  if (r < 0) return throw_errno(env, "getsockopt", -r);
+  napi_value obj;
+  NAPI(napi_create_object(env, &obj));
+  if (set_number(env, obj, "domain", domain) != 0 || set_number(env, obj, "type", type) != 0) {
+    return NULL;
+  }
+  return obj;
+}
+
+static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  int32_t pid;
+  uint32_t uid, gid;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  int r = sys_peer_cred(fd, &pid, &uid, &gid);
+  if (r < 0) return throw_errno(env, "getsockopt", -r);
+  napi_value obj;
+  NAPI(napi_create_object(env, &obj));
+  if (set_number(env, obj, "pid", pid) != 0 || set_number(env, obj, "uid", uid) != 0 ||
+      set_number(env, obj, "gid", gid) != 0) {
+    return NULL;
+  }
+  return obj;
+}
+
+static napi_value js_socketpair(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t type;
+  int nonblock;
+  if (arg_i32(env, argv[0], "type", &type) != 0) return NULL;
+  if (arg_bool(env, argv[1], "nonblock", &nonblock) != 0) return NULL;
+  int fds[2];
+  int r = sys_socketpair(type, nonblock, fds);
+  if (r < 0) return throw_errno(env, "socketpair", -r);
+  napi_value arr, a, b;
+  if (napi_create_array_with_length(env, 2, &arr) != napi_ok ||
+      napi_create_int32(env, fds[0], &a) != napi_ok ||
+      napi_create_int32(env, fds[1], &b) != napi_ok ||
+      napi_set_element(env, arr, 0, a) != napi_ok ||
+      napi_set_element(env, arr, 1, b) != napi_ok) {
+    throw_napi(env);
+    sys_close(fds[0]);
+    sys_close(fds[1]);
+    return NULL;
+  }
+  return arr;
+}
+
+static napi_value js_socket(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t type;
+  int nonblock;
+  if (arg_i32(env, argv[0], "type", &type) != 0) return NULL;
+  if (arg_bool(env, argv[1], "nonblock", &nonblock) != 0) return NULL;
+  return fd_result(env, "socket", sys_socket(type, nonblock));
+}
+
+typedef int (*addr_fn)(int fd, const char *address, size_t length);
+
+static napi_value address_call(napi_env env, napi_callback_info info, addr_fn fn,
+                               const char *syscall) {
+  ARGS(2);
+  int fd;
+  char *address;
+  size_t len;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_string(env, argv[1], "address", &address, &len) != 0) return NULL;
+  int r = fn(fd, address, len);
+  free(address);
+  return void_result(env, syscall, r);
+}
+
+static napi_value js_bind(napi_env env, napi_callback_info info) {
+  return address_call(env, info, sys_bind, "bind");
+}
+
+static napi_value js_connect(napi_env env, napi_callback_info info) {
+  return address_call(env, info, sys_connect, "connect");
+}
+
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  int32_t backlog;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_i32(env, argv[1], "backlog", &backlog) != 0) return NULL;
+  return void_result(env, "listen", sys_listen(fd, backlog));
+}
+
+static napi_value js_accept(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, nonblock;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bool(env, argv[1], "nonblock", &nonblock) != 0) return NULL;
+  return fd_result(env, "accept4", sys_accept(fd, nonblock));
+}
+
+static napi_value js_sock_name(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  char buf[128];
+  size_t len;
+  int r = sys_sock_name(fd, buf, sizeof(buf), &len);
+  if (r < 0) return throw_errno(env, "getsockname", -r);
+  napi_value s;
+  NAPI(napi_create_string_utf8(env, buf, len, &s));
+  return s;
+}
+
+static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  void *data;
+  size_t len, nfds;
+  int fds[SYS_SCM_MAX_FD];
+  uint32_t flags;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bytes(env, argv[1], "data", &data, &len) != 0) return NULL;
+  if (arg_fd_array(env, argv[2], "fds", fds, &nfds) != 0) return NULL;
+  if (arg_bits(env, argv[3], "flags", &flags) != 0) return NULL;
+  ssize_t r = sys_sendmsg(fd, data, len, fds, nfds, (int)flags);
+  if (r < 0) return throw_errno(env, "sendmsg", (int)-r);
+  return number(env, (double)r);
+}
+
+static void close_all(const int *fds, size_t n) {
+  for (size_t i = 0; i < n; i++) sys_close(fds[i]);
+}
+
+static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  uint64_t max_bytes, max_fds;
+  uint32_t flags;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_size(env, argv[1], "maxBytes", &max_bytes) != 0) return NULL;
+  if (arg_size(env, argv[2], "maxFds", &max_fds) != 0) return NULL;
+  if (arg_bits(env, argv[3], "flags", &flags) != 0) return NULL;
+  if (max_bytes > (uint64_t)SIZE_MAX / 2) return throw_arg(env, 1, "maxBytes is too large");
+  if (max_fds > SYS_SCM_MAX_FD) max_fds = SYS_SCM_MAX_FD;
+  void *buf = NULL;
+  if (max_bytes > 0) {
+    buf = malloc((size_t)max_bytes);
+    if (buf == NULL) return throw_errno(env, "malloc", ENOMEM);
+  }
+  int fds[SYS_SCM_MAX_FD];
+  size_t nfds = 0;
+  int msg_flags = 0;
+  ssize_t r = sys_recvmsg(fd, buf, (size_t)max_bytes, fds, (size_t)max_fds, &nfds,
+                          (int)flags, &msg_flags);
+  if (r < 0) {
+    free(buf);
+    return throw_errno(env, "recvmsg", (int)-r);
+  }
+  /* With MSG_TRUNC recvmsg(2) returns the real length, which may exceed the buffer. */
+  size_t got = (size_t)r < (size_t)max_bytes ? (size_t)r : (size_t)max_bytes;
+  napi_value obj, data, arr, flags_v;
+  int ok = napi_create_object(env, &obj) == napi_ok &&
+           napi_create_buffer_copy(env, got, got > 0 ? buf : "", NULL, &data) == napi_ok &&
+           napi_create_array_with_length(env, nfds, &arr) == napi_ok &&
+           napi_create_int32(env, msg_flags, &flags_v) == napi_ok;
+  for (size_t i = 0; ok && i < nfds; i++) {
+    napi_value v;
+    ok = napi_create_int32(env, fds[i], &v) == napi_ok &&
+         napi_set_element(env, arr, (uint32_t)i, v) == napi_ok;
+  }
+  ok = ok && napi_set_named_property(env, obj, "data", data) == napi_ok &&
+       napi_set_named_property(env, obj, "fds", arr) == napi_ok &&
+       napi_set_named_property(env, obj, "flags", flags_v) == napi_ok;
+  free(buf);
+  if (!ok) {
+    throw_napi(env);
+    close_all(fds, nfds); /* never leak what was received */
+    return NULL;
+  }
+  return obj;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* mappings                                                                             */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * One mmap'ed region. `refs` counts the owner (the handle, until munmap or its finalizer)
+ * plus every live view. munmap(2) happens exactly once, when refs reaches 0. The struct is
+ * freed once refs is 0 AND the handle's external has been finalized (mappingUnmapped and
+ * friends read it until then).
+ */
+typedef struct {
+  void *addr;
+  size_t len;
+  int prot;
+  int refs;
+  int owner_alive;
+  int unmapped;
+  int handle_finalized;
+} mapping_t;
+
+/*
+ * Per-view state. Owned by the ArrayBuffer's backing-store finalizer (view_finalize), the
+ * only place it is freed. The ArrayBuffer also carries it with napi_wrap (no finalizer) so
+ * detachView can find it; detachView removes that wrap before it detaches, so the
+ * ArrayBuffer never points at a freed struct.
+ */
+typedef struct {
+  mapping_t *m;
+  int detached; /* its reference was already dropped by detachView */
+} view_t;
+
+static void mapping_release(mapping_t *m) {
+  if (--m->refs > 0) return;
+  sys_munmap(m->addr, m->len);
+  m->unmapped = 1;
+  if (m->handle_finalized) free(m);
+}
+
+static void mapping_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  mapping_t *m = data;
+  m->handle_finalized = 1;
+  if (m->owner_alive) {
+    m->owner_alive = 0;
+    mapping_release(m); /* frees m when no view remains */
+  } else if (m->refs == 0) {
+    free(m);
+  }
+}
+
+static void view_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)data;
+  view_t *v = hint;
+  if (!v->detached) mapping_release(v->m);
+  free(v);
+}
+
+static napi_value js_mmap(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int fd;
+  uint64_t length, offset;
+  uint32_t prot, flags;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_size(env, argv[1], "length", &length) != 0) return NULL;
+  if (arg_size(env, argv[2], "offset", &offset) != 0) return NULL;
+  if (arg_bits(env, argv[3], "prot", &prot) != 0) return NULL;
+  if (arg_bits(env, argv[4], "flags", &flags) != 0) return NULL;
+  mapping_t *m = calloc(1, sizeof(*m));
+  if (m == NULL) return throw_errno(env, "malloc", ENOMEM);
+  void *addr;
+  int r = sys_mmap(fd, (size_t)length, (int64_t)offset, (int)prot, (int)flags, &addr);
+  if (r < 0) {
+    free(m);
+    return throw_errno(env, "mmap", -r);
+  }
+  m->addr = addr;
+  m->len = (size_t)length;
+  m->prot = (int)prot;
+  m->refs = 1;
+  m->owner_alive = 1;
+  napi_value ext;
+  if (napi_create_external(env, m, mapping_finalize, NULL, &ext) != napi_ok) {
+    throw_napi(env);
+    sys_munmap(addr, m->len);
+    free(m);
+    return NULL;
+  }
+  /* From here the finalizer owns m. */
+  NAPI(napi_type_tag_object(env, ext, &MAPPING_TAG));
+  return ext;
+}
+
+static int arg_mapping(napi_env env, napi_value v, mapping_t **m) {
+  return arg_external(env, v, &MAPPING_TAG, "handle", (void **)m);
+}
+
+/* Validates [offset, offset + length) inside the mapping. */
+static int arg_range(napi_env env, napi_value *argv, mapping_t *m, uint64_t *offset,
+                     uint64_t *length) {
+  if (arg_size(env, argv[0], "offset", offset) != 0) return -1;
+  if (arg_size(env, argv[1], "length", length) != 0) return -1;
+  if (*offset > m->len || *length > m->len - *offset) {
+    throw_arg(env, 1, "offset + length exceeds the mapping");
+    return -1;
+  }
+  return 0;
+}
+
+static napi_value js_mapping_address(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  mapping_t *m;
+  if (arg_mapping(env, argv[0], &m) != 0) return NULL;
+  napi_value v;
+  NAPI(napi_create_bigint_uint64(env, (uint64_t)(uintptr_t)m->addr, &v));
+  return v;
+}
+
+static napi_value js_mapping_length(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  mapping_t *m;
+  if (arg_mapping(env, argv[0], &m) != 0) return NULL;
+  return number(env, (double)m->len);
+}
+
+static napi_value js_mapping_view(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  mapping_t *m;
+  uint64_t offset, length;
+  if (arg_mapping(env, argv[0], &m) != 0) return NULL;
+  if (arg_range(env, argv + 1, m, &offset, &length) != 0) return NULL;
+  if (!m->owner_alive) return throw_code(env, EBADF, "mappingView: the mapping was unmapped");
+  if (!(m->prot & PROT_READ)) {
+    return throw_code(env, EACCES, "mappingView: the mapping is not readable (PROT_READ)");
+  }
+  view_t *v = calloc(1, sizeof(*v));
+  if (v == NULL) return throw_errno(env, "malloc", ENOMEM);
+  v->m = m;
+  napi_value ab;
+  napi_status s = napi_create_external_arraybuffer(env, (char *)m->addr + offset,
+                                                   (size_t)length, view_finalize, v, &ab);
+  if (s == napi_no_external_buffers_allowed) {
+    free(v);
+    return throw_code(env, ENOTSUP,
+                      "mappingView: this Node.js does not allow external ArrayBuffers");
+  }
+  if (s != napi_ok) {
+    throw_napi(env);
+    free(v);
+    return NULL;
+  }
+  /* From here view_finalize owns v and will drop this reference. */
+  m->refs++;
+  NAPI(napi_type_tag_object(env, ab, &VIEW_TAG));
+  NAPI(napi_wrap(env, ab, v, NULL, NULL, NULL));
+  return ab;
+}
+
+static napi_value js_detach_view(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  bool is = false, detached = false, tagged = false;
+  NAPI(napi_is_arraybuffer(env, argv[0], &is));
+  if (!is) return throw_arg(env, 0, "view must be an ArrayBuffer made by mappingView");
+  NAPI(napi_is_detached_arraybuffer(env, argv[0], &detached));
+  if (detached) return undefined(env); /* idempotent */
+  NAPI(napi_check_object_type_tag(env, argv[0], &VIEW_TAG, &tagged));
+  void *p = NULL;
+  if (!tagged || napi_unwrap(env, argv[0], &p) != napi_ok || p == NULL) {
+    return throw_arg(env, 0, "view must be an ArrayBuffer made by mappingView");
+  }
+  view_t *v = p;
+  mapping_t *m = v->m;
+  /* Unlink the ArrayBuffer from v first: once detached, its finalizer may free v. */
+  NAPI(napi_remove_wrap(env, argv[0], NULL));
+  v->detached = 1;
+  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok) {
+    /* Still attached: v is alive and still owns its reference; restore the link. */
+    v->detached = 0;
+    throw_napi(env);
+    napi_wrap(env, argv[0], v, NULL, NULL, NULL);
+    return NULL;
+  }
+  mapping_release(m); /* v's reference; v itself is freed by view_finalize */
+  return undefined(env);
+}
+
+static napi_value js_munmap(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  mapping_t *m;
+  if (arg_mapping(env, argv[0], &m) != 0) return NULL;
+  if (m->owner_alive) {
+    m->owner_alive = 0;
+    mapping_release(m); /* the handle's external keeps m itself alive */
+  }
+  return undefined(env);
+}
+
+static napi_value js_madvise(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  mapping_t *m;
+  uint64_t offset, length;
+  int32_t advice;
+  if (arg_mapping(env, argv[0], &m) != 0) return NULL;
+  if (arg_range(env, argv + 1, m, &offset, &length) != 0) return NULL;
+  if (arg_i32(env, argv[3], "advice", &advice) != 0) return NULL;
+  if (!m->owner_alive) return throw_code(env, EBADF, "madvise: the mapping was unmapped");
+  return void_result(env, "madvise",
+                     sys_madvise((char *)m->addr + offset, (size_t)length, advice));
+}
+
+static napi_value js_mapping_unmapped(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  mapping_t *m;
+  if (arg_mapping(env, argv[0], &m) != 0) return NULL;
+  return boolean(env, m->unmapped);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* poll watchers                                                                        */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * A uv_poll_t and what it needs to call JS. `refs` counts the JS external (until its
+ * finalizer) and the libuv handle (until its close callback); the struct is freed at 0.
+ * An async cleanup hook closes a still-open watcher when the environment is torn down
+ * (a worker exits); the hook is removed in the close callback, so the environment waits
+ * for libuv to let go of the handle.
+ */
+typedef struct {
+  uv_poll_t handle; /* first: the uv handle's address is the struct's */
+  napi_env env;
+  napi_ref callback;
+  napi_async_context context;
+  napi_async_cleanup_hook_handle cleanup;
+  int refs;
+  int closing;     /* uv_close was called */
+  int in_callback; /* inside the JS callback: JS resources are released after it returns */
+} poll_t;
+
+#define UV_POLL_EVENTS (UV_READABLE | UV_WRITABLE | UV_DISCONNECT | UV_PRIORITIZED)
+
+static void poll_unref(poll_t *p) {
+  if (--p->refs == 0) free(p);
+}
+
+static void poll_release_js(poll_t *p) {
+  if (p->callback != NULL) {
+    napi_delete_reference(p->env, p->callback);
+    p->callback = NULL;
+  }
+  if (p->context != NULL) {
+    napi_async_destroy(p->env, p->context);
+    p->context = NULL;
+  }
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  poll_t *p = (poll_t *)h;
+  if (p->cleanup != NULL) {
+    /* Removing a started hook tells the environment this one is done. */
+    napi_remove_async_cleanup_hook(p->cleanup);
+    p->cleanup = NULL;
+  }
+  poll_unref(p);
+}
+
+static void poll_close(poll_t *p) {
+  if (p->closing) return;
+  p->closing = 1;
+  if (!p->in_callback) poll_release_js(p);
+  uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+}
+
+static void on_poll_teardown(napi_async_cleanup_hook_handle handle, void *arg) {
+  (void)handle;
+  poll_t *p = arg;
+  poll_close(p); /* no-op when already closing: on_poll_closed will finish the hook */
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  poll_t *p = (poll_t *)h;
+  if (p->closing || p->callback == NULL) return;
+  napi_env env = p->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value cb, global, argv[2], result;
+  if (napi_get_reference_value(env, p->callback, &cb) == napi_ok && cb != NULL &&
+      napi_get_global(env, &global) == napi_ok &&
+      napi_create_int32(env, status, &argv[0]) == napi_ok &&
+      napi_create_int32(env, events, &argv[1]) == napi_ok) {
+    p->in_callback++;
+    napi_status s = napi_make_callback(env, p->context, global, cb, 2, argv, &result);
+    p->in_callback--;
+    (void)s;
+    /* An exception thrown by the callback becomes an uncaught exception, as for any
+     * other event-loop callback. */
+    if (exception_pending(env)) {
+      napi_value exc;
+      if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) {
+        napi_fatal_exception(env, exc);
+      }
+    }
+  }
+  /* pollClose was called from the callback: finish releasing now (uv_close's callback
+   * has not run yet, so p is alive). */
+  if (p->closing && p->in_callback == 0) poll_release_js(p);
+  napi_close_handle_scope(env, scope);
+}
+
+static void poll_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  poll_t *p = data;
+  poll_close(p); /* the handle was dropped while open: nothing can close it any more */
+  poll_unref(p);
+}
+
+static napi_value js_poll_start(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  int32_t events;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_i32(env, argv[1], "events", &events) != 0) return NULL;
+  if (arg_function(env, argv[2], "callback") != 0) return NULL;
+  if (events & ~UV_POLL_EVENTS) {
+    return throw_arg(env, 1, "events must be UV_READABLE | UV_WRITABLE | UV_DISCONNECT | "
+                             "UV_PRIORITIZED");
+  }
+  uv_loop_t *loop;
+  NAPI(napi_get_uv_event_loop(env, &loop));
+  poll_t *p = calloc(1, sizeof(*p));
+  if (p == NULL) return throw_errno(env, "malloc", ENOMEM);
+  p->env = env;
+  int r = uv_poll_init(loop, &p->handle, fd);
+  if (r < 0) {
+    free(p);
+    return throw_errno(env, "uv_poll_init", -r);
+  }
+  p->refs = 1; /* libuv's, until on_poll_closed */
+  uv_unref((uv_handle_t *)&p->handle);
+  napi_value name, resource, ext;
+  if (napi_create_reference(env, argv[2], 1, &p->callback) != napi_ok ||
+      napi_create_object(env, &resource) != napi_ok ||
+      napi_create_string_utf8(env, "dmabuf.poll", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, resource, name, &p->context) != napi_ok ||
+      napi_add_async_cleanup_hook(env, on_poll_teardown, p, &p->cleanup) != napi_ok) {
+    throw_napi(env);
+    poll_close(p);
+    return NULL;
+  }
+  if (events != 0) {
+    r = uv_poll_start(&p->handle, events, on_poll);
+    if (r < 0) {
+      poll_close(p);
+      return throw_errno(env, "uv_poll_start", -r);
+    }
+  }
+  if (napi_create_external(env, p, poll_finalize, NULL, &ext) != napi_ok) {
+    throw_napi(env);
+    poll_close(p);
+    return NULL;
+  }
+  p->refs++; /* the external's, until poll_finalize */
+  NAPI(napi_type_tag_object(env, ext, &POLL_TAG));
+  return ext;
+}
+
+static int arg_open_poll(napi_env env, napi_value v, poll_t **p) {
+  if (arg_external(env, v, &POLL_TAG, "handle", (void **)p) != 0) return -1;
+  if ((*p)->closing) {
+    throw_code(env, EBADF, "the poll handle is closed");
+    return -1;
+  }
+  return 0;
+}
+
+static napi_value js_poll_update(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  poll_t *p;
+  int32_t events;
+  if (arg_open_poll(env, argv[0], &p) != 0) return NULL;
+  if (arg_i32(env, argv[1], "events", &events) != 0) return NULL;
+  if (events & ~UV_POLL_EVENTS) {
+    return throw_arg(env, 1, "events must be UV_READABLE | UV_WRITABLE | UV_DISCONNECT | "
+                             "UV_PRIORITIZED");
+  }
+  int r = events == 0 ? uv_poll_stop(&p->handle) : uv_poll_start(&p->handle, events, on_poll);
+  if (r < 0) return throw_errno(env, events == 0 ? "uv_poll_stop" : "uv_poll_start", -r);
+  return undefined(env);
+}
+
+static napi_value js_poll_ref(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  poll_t *p;
+  int ref;
+  if (arg_open_poll(env, argv[0], &p) != 0) return NULL;
+  if (arg_bool(env, argv[1], "ref", &ref) != 0) return NULL;
+  if (ref) {
+    uv_ref((uv_handle_t *)&p->handle);
+  } else {
+    uv_unref((uv_handle_t *)&p->handle);
+  }
+  return undefined(env);
+}
+
+static napi_value js_poll_close(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  poll_t *p;
+  if (arg_external(env, argv[0], &POLL_TAG, "handle", (void **)&p) != 0) return NULL;
+  poll_close(p); /* idempotent */
+  return undefined(env);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* misc                                                                                 */
+/* ------------------------------------------------------------------------------------ */
+
+static napi_value js_eventfd(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int64_t initval;
+  uint32_t flags;
+  if (arg_int(env, argv[0], "initval", 0.0, 4294967295.0, &initval) != 0) return NULL;
+  if (arg_bits(env, argv[1], "flags", &flags) != 0) return NULL;
+  return fd_result(env, "eventfd", sys_eventfd((unsigned int)initval, (int)flags));
+}
+
+static napi_value js_poll_now(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  uint32_t events;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bits(env, argv[1], "events", &events) != 0) return NULL;
+  int r = sys_poll_now(fd, (int)events);
+  if (r < 0) return throw_errno(env, "poll", -r);
+  return number(env, r);
+}
+
+static napi_value js_first_use(napi_env env, napi_callback_info info) {
+  (void)info;
+  return boolean(env, sys_first_use());
+}
+
+static napi_value js_ioctl(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd;
+  uint32_t request;
+  void *data;
+  size_t len;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bits(env, argv[1], "request", &request) != 0) return NULL;
+  if (arg_bytes(env, argv[2], "arg", &data, &len) != 0) return NULL;
+  int r = sys_ioctl(fd, (unsigned long)request, data);
+  if (r < 0) return throw_errno(env, "ioctl", -r);
+  return number(env, r);
+}
+
+static napi_value js_pidfd_open(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int32_t pid;
+  if (arg_i32(env, argv[0], "pid", &pid) != 0) return NULL;
+  return fd_result(env, "pidfd_open", sys_pidfd_open(pid));
+}
+
+static napi_value js_pidfd_getfd(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int pidfd, target;
+  if (arg_fd(env, argv[0], "pidfd", &pidfd) != 0) return NULL;
+  if (arg_fd(env, argv[1], "targetFd", &target) != 0) return NULL;
+  return fd_result(env, "pidfd_getfd", sys_pidfd_getfd(pidfd, target));
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* module                                                                               */
+/* ------------------------------------------------------------------------------------ */
+
+static napi_value make_constants(napi_env env) {
+  napi_value c;
+  NAPI(napi_create_object(env, &c));
+#define K(name, value)                                        \
+  do {                                                        \
+    if (set_number(env, c, name, (double)(value)) != 0) return NULL; \
+  } while (0)
+#define C(name) K(#name, name)
+  C(MFD_CLOEXEC);
+  C(MFD_ALLOW_SEALING);
+  C(MFD_HUGETLB);
+  C(MFD_HUGE_2MB);
+  C(MFD_NOEXEC_SEAL);
+  C(F_SEAL_SEAL);
+  C(F_SEAL_SHRINK);
+  C(F_SEAL_GROW);
+  C(F_SEAL_WRITE);
+  C(F_SEAL_FUTURE_WRITE);
+  C(PROT_NONE);
+  C(PROT_READ);
+  C(PROT_WRITE);
+  C(MAP_SHARED);
+  C(MAP_PRIVATE);
+  C(MAP_POPULATE);
+  C(MAP_NORESERVE);
+  C(MADV_HUGEPAGE);
+  C(MADV_DONTNEED);
+  C(MADV_WILLNEED);
+  C(MADV_POPULATE_READ);
+  C(MADV_POPULATE_WRITE);
+  C(SOCK_STREAM);
+  C(SOCK_DGRAM);
+  C(SOCK_SEQPACKET);
+  C(AF_UNIX);
+  C(MSG_DONTWAIT);
+  C(MSG_PEEK);
+  C(MSG_TRUNC);
+  C(MSG_CTRUNC);
+  C(MSG_NOSIGNAL);
+  C(MSG_EOR);
+  C(MSG_WAITALL);
+  C(UV_READABLE);
+  C(UV_WRITABLE);
+  C(UV_DISCONNECT);
+  C(UV_PRIORITIZED);
+  C(EFD_NONBLOCK);
+  C(EFD_SEMAPHORE);
+  C(FALLOC_FL_KEEP_SIZE);
+  C(S_IFMT);
+  C(S_IFSOCK);
+  C(S_IFREG);
+  C(S_IFIFO);
+  K("HUGETLBFS_MAGIC", (uint32_t)HUGETLBFS_MAGIC);
+  K("TMPFS_MAGIC", (uint32_t)TMPFS_MAGIC);
+  C(POLLIN);
+  C(POLLOUT);
+  C(POLLERR);
+  C(POLLHUP);
+  C(POLLRDHUP);
+  K("PAGE_SIZE", sys_page_size());
+#undef C
+#undef K
+  NAPI(napi_object_freeze(env, c));
+  return c;
+}
+
+#define FN(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL}
+
+NAPI_MODULE_INIT() {
+  napi_value constants = make_constants(env);
+  if (constants == NULL) return NULL;
+  napi_property_descriptor props[] = {
+      FN("memfdCreate", js_memfd_create),
+      FN("pollNow", js_poll_now),
+      FN("firstUse", js_first_use),
+      FN("addSeals", js_add_seals),
+      FN("getSeals", js_get_seals),
+      FN("ftruncate", js_ftruncate),
+      FN("fallocate", js_fallocate),
+      FN("dup", js_dup),
+      FN("close", js_close),
+      FN("fstat", js_fstat),
+      FN("fstatfsType", js_fstatfs_type),
+      FN("setCloexec", js_set_cloexec),
+      FN("setNonblock", js_set_nonblock),
+      FN("socketInfo", js_socket_info),
+      FN("peerCred", js_peer_cred),
+      FN("socketpair", js_socketpair),
+      FN("socket", js_socket),
+      FN("bind", js_bind),
+      FN("listen", js_listen),
+      FN("accept", js_accept),
+      FN("connect", js_connect),
+      FN("sockName", js_sock_name),
+      FN("sendmsg", js_sendmsg),
+      FN("recvmsg", js_recvmsg),
+      FN("mmap", js_mmap),
+      FN("mappingAddress", js_mapping_address),
+      FN("mappingLength", js_mapping_length),
+      FN("mappingView", js_mapping_view),
+      FN("detachView", js_detach_view),
+      FN("munmap", js_munmap),
+      FN("madvise", js_madvise),
+      FN("mappingUnmapped", js_mapping_unmapped),
+      FN("pollStart", js_poll_start),
+      FN("pollUpdate", js_poll_update),
+      FN("pollRef", js_poll_ref),
+      FN("pollClose", js_poll_close),
+      FN("eventfd", js_eventfd),
+      FN("ioctl", js_ioctl),
+      FN("pidfdOpen", js_pidfd_open),
+      FN("pidfdGetfd", js_pidfd_getfd),
+      {"constants", NULL, NULL, NULL, NULL, constants, napi_enumerable, NULL},
+  };
+  NAPI(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
+  return exports;
+}

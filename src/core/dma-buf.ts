@@ -1,0 +1,487 @@
+/**
+ * The buffer object, as `struct dma_buf`, and the framework's calls: export, fd, get, put,
+ * attach, seal; map, unmap and detach are on {@link DmaBufAttachment}.
+ *
+ * @module
+ */
+import { constants as fsConstants } from 'node:fs';
+import { DmaBufError } from './errors.js';
+import { AsyncLock, interrupted } from './lock.js';
+import { DmaBufAttachment, type AttachmentOwner } from './attachment.js';
+import { Device } from './device.js';
+import { checkMapDirection, isWritableDirection, type DmaDirection } from './direction.js';
+import { SgTable } from './sg-table.js';
+import type { DmaBufOps, OpContext } from './ops.js';
+import { kMaps, kSetDetached } from './internal.js';
+import { warnExperimental } from './experimental.js';
+import * as registry from './registry.js';
+import { native, assertAvailable } from '../native/binding.js';
+import { BufferFile } from '../transport/buffer-file.js';
+
+/** `O_RDONLY`: importers may only map for reading. */
+export const O_RDONLY: number = fsConstants.O_RDONLY;
+/** `O_RDWR` (the default): importers may map for writing. */
+export const O_RDWR: number = fsConstants.O_RDWR;
+/** `O_CLOEXEC`: accepted for compatibility; `fd()` is close-on-exec by default anyway. */
+export const O_CLOEXEC: number = 0o2000000;
+
+const ACCMODE = 3;
+const NAME_MAX = 255;
+
+/** What {@link DmaBuf.export} takes, as `dma_buf_export`'s arguments. */
+export interface ExportInfo<Priv> {
+  /** The exporter's operations. `mapDmaBuf`, `unmapDmaBuf` and `release` are mandatory. */
+  ops: DmaBufOps<Priv>;
+  /** Size in bytes: a positive safe integer. */
+  size: number;
+  /** The exporter's private data (mandatory, as in the kernel; anything but null/undefined). */
+  priv: Priv;
+  /** `O_RDWR` (default) or `O_RDONLY`, optionally `| O_CLOEXEC`. */
+  flags?: number;
+  /** Shown in introspection (`/proc/PID/fd` of the storage, `dmabuf info`). */
+  name?: string;
+  /** Who exported it (a heap's name); shown in introspection. Default `'anonymous'`. */
+  exporter?: string;
+}
+
+/** Options of {@link DmaBuf.fd}. */
+export interface FdOptions {
+  /** Close the descriptor on exec (default true). Node's `spawn` clears it on stdio copies. */
+  cloexec?: boolean;
+}
+
+/** Options of calls that may wait. */
+export interface WaitOptions {
+  /** Gives up waiting; the call then fails with `EINTR`. */
+  signal?: AbortSignal;
+}
+
+const kCreate = Symbol('dmabuf.create');
+
+function describeFileType(mode: number): string {
+  const c = native.constants;
+  switch (mode & c.S_IFMT) {
+    case c.S_IFREG: return 'a regular file';
+    case c.S_IFIFO: return 'a pipe';
+    case c.S_IFSOCK: return 'a socket';
+    default: return 'not a socket';
+  }
+}
+
+function checkExportInfo<Priv>(info: ExportInfo<Priv>): void {
+  const op = 'export';
+  const fail = (msg: string): never => { throw new DmaBufError('EINVAL', `${op}: ${msg}`, { op }); };
+  if (typeof info !== 'object' || info === null) fail('expected an object { ops, size, priv }');
+  const { ops, size, priv, flags, name, exporter } = info;
+  if (priv === undefined || priv === null) fail('priv is missing: an exporter must pass its private data');
+  if (typeof ops !== 'object' || ops === null) fail('ops is missing: pass the exporter\'s DmaBufOps');
+  for (const m of ['mapDmaBuf', 'unmapDmaBuf', 'release'] as const) {
+    if (typeof ops[m] !== 'function') fail(`ops.${m} is missing: it is mandatory`);
+  }
+  for (const m of ['attach', 'detach', 'seal'] as const) {
+    if (ops[m] !== undefined && typeof ops[m] !== 'function') fail(`ops.${m} must be a function when given`);
+  }
+  if (!Number.isSafeInteger(size) || size <= 0) fail(`size must be a positive safe integer, got ${String(size)}`);
+  if (flags !== undefined) {
+    if (!Number.isInteger(flags)) fail(`flags must be an integer, got ${String(flags)}`);
+    const f = flags as number;
+    if ((f & ~(ACCMODE | O_CLOEXEC)) !== 0) fail(`flags may only hold O_RDWR or O_RDONLY and O_CLOEXEC, got 0o${f.toString(8)}`);
+    if ((f & ACCMODE) !== O_RDONLY && (f & ACCMODE) !== O_RDWR) fail('flags must give O_RDWR or O_RDONLY');
+  }
+  if (name !== undefined && (typeof name !== 'string' || name.length > NAME_MAX || name.includes('\0'))) {
+    fail(`name must be a string of at most ${NAME_MAX} characters without NUL`);
+  }
+  if (exporter !== undefined && (typeof exporter !== 'string' || exporter.length > NAME_MAX)) {
+    fail(`exporter must be a string of at most ${NAME_MAX} characters`);
+  }
+}
+
+function warnReleaseFailure(buf: { name: string; exporter: string }, err: unknown): void {
+  const msg = err instanceof Error ? err.message : String(err);
+  process.emitWarning(`dmabuf: release of buffer "${buf.name}" (${buf.exporter}) threw: ${msg}`, 'DmaBufWarning');
+}
+
+let nextId = 1;
+
+/**
+ * A shared buffer. Exporters create it with {@link DmaBuf.export}; importers get it from a
+ * descriptor with {@link DmaBuf.get}, attach their devices, map, unmap, detach and put it.
+ *
+ * @example
+ * ```ts
+ * const buf = systemHeap.allocate(4096, { name: 'frame' });
+ * const att = await buf.attach(new CpuDevice());
+ * const sgt = await att.map('bidirectional');
+ * sgt.segments[0].view!.fill(7);
+ * await att.unmap(sgt);
+ * await att.detach();
+ * buf.put();
+ * ```
+ */
+export class DmaBuf<Priv = unknown> implements Disposable {
+  /** Size in bytes. */
+  readonly size: number;
+  /** The exporter's operations. */
+  readonly ops: DmaBufOps<Priv>;
+  /** The exporter's private data. */
+  readonly priv: Priv;
+  /** Who exported it. */
+  readonly exporter: string;
+  /** A number unique in this thread, for introspection. */
+  readonly id: number;
+  /** `O_RDWR` or `O_RDONLY` (with `O_CLOEXEC` if given at export). */
+  readonly flags: number;
+  #name: string;
+  #file: BufferFile;
+  #refs = 1;
+  #released = false;
+  #sealed = false;
+  #lock = new AsyncLock();
+  #attachments = new Set<DmaBufAttachment<Priv>>();
+  #mapCount = 0;
+  #writableMapCount = 0;
+  #owner: AttachmentOwner;
+
+  /** @internal use {@link DmaBuf.export}. */
+  constructor(token: symbol, info: ExportInfo<Priv>, file: BufferFile) {
+    if (token !== kCreate) {
+      throw new DmaBufError('EINVAL', 'new DmaBuf: use DmaBuf.export() or DmaBuf.get()', { op: 'new DmaBuf' });
+    }
+    this.size = info.size;
+    this.ops = info.ops;
+    this.priv = info.priv;
+    this.flags = info.flags ?? O_RDWR;
+    this.#name = info.name ?? '';
+    this.exporter = info.exporter ?? 'anonymous';
+    this.id = nextId++;
+    this.#file = file;
+    this.#owner = {
+      map: (a, d, s) => this.#map(a, d, s),
+      unmap: (a, t) => this.#unmap(a, t),
+      detach: (a) => this.#detach(a),
+    };
+  }
+
+  /**
+   * Exports a buffer (`dma_buf_export`): ties the exporter's ops and private data to a new
+   * buffer file. The caller holds the one reference; release runs after it is put and
+   * every descriptor of the file is closed.
+   *
+   * @throws {DmaBufError} `EINVAL` for a missing `priv`, an `ops` without `mapDmaBuf`,
+   *   `unmapDmaBuf` or `release`, a size that is not a positive safe integer, or bad flags;
+   *   `ENODEV` on a platform without support; `EMFILE` when out of descriptors.
+   */
+  static export<Priv>(info: ExportInfo<Priv>): DmaBuf<Priv> {
+    warnExperimental();
+    assertAvailable('export');
+    checkExportInfo(info);
+    const file = BufferFile.create();
+    const buf = new DmaBuf<Priv>(kCreate, info, file);
+    registry.register(buf);
+    file.watch({ onEof: () => buf.#maybeRelease() });
+    return buf;
+  }
+
+  /**
+   * Gets the buffer of a descriptor (`dma_buf_get`) and takes a reference on it, which the
+   * caller puts with {@link put}. The caller keeps owning `fd`. In the exporter's thread this
+   * is the very same object.
+   *
+   * @throws {DmaBufError} `EBADF` when `fd` is not an open descriptor; `EINVAL` when it is
+   *   open but not a dma-buf (a regular file, a pipe, another socket, a socket that fails the
+   *   handshake).
+   */
+  static async get(fd: number): Promise<DmaBuf> {
+    warnExperimental();
+    assertAvailable('get');
+    const op = 'get';
+    if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) {
+      throw new DmaBufError('EBADF', `${op}: ${String(fd)} is not a file descriptor`, { op });
+    }
+    let st;
+    try {
+      st = native.fstat(fd);
+    } catch (err) {
+      if (DmaBufError.is(err, 'EBADF')) {
+        throw new DmaBufError('EBADF', `${op}: descriptor ${fd} is not open`, { op, syscall: 'fstat', errno: err.errno, cause: err });
+      }
+      throw err;
+    }
+    const c = native.constants;
+    if ((st.mode & c.S_IFMT) !== c.S_IFSOCK) {
+      throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is ${describeFileType(st.mode)}, not a dma-buf`, { op });
+    }
+    const local = registry.lookup(`${st.dev}:${st.ino}`);
+    if (local instanceof DmaBuf && !local.#released) {
+      local.#reacquire(fd);
+      return local;
+    }
+    const info = native.socketInfo(fd);
+    if (info.domain !== c.AF_UNIX || info.type !== c.SOCK_SEQPACKET) {
+      throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is a socket but not a dma-buf`, { op });
+    }
+    throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is a socket that did not answer as a dma-buf of this thread`, { op });
+  }
+
+  /** The key of the buffer's file in this machine (`dev:ino` of the socket). */
+  get key(): string {
+    return this.#file.key;
+  }
+
+  /** Shown in introspection. */
+  get name(): string {
+    return this.#name;
+  }
+
+  /** Whether importers may only read (exported `O_RDONLY`, or sealed). */
+  get readOnly(): boolean {
+    return (this.flags & ACCMODE) === O_RDONLY || this.#sealed;
+  }
+
+  /** Whether {@link seal} has made the contents immutable. */
+  get sealed(): boolean {
+    return this.#sealed;
+  }
+
+  /** Whether `release` has run. */
+  get released(): boolean {
+    return this.#released;
+  }
+
+  /** JavaScript references held in this thread (each put by one {@link put}). */
+  get refs(): number {
+    return this.#refs;
+  }
+
+  /** The live attachments. */
+  get attachments(): readonly DmaBufAttachment<Priv>[] {
+    return [...this.#attachments];
+  }
+
+  /** Outstanding maps over every attachment. */
+  get mapCount(): number {
+    return this.#mapCount;
+  }
+
+  /** Outstanding maps with a writable direction. */
+  get writableMapCount(): number {
+    return this.#writableMapCount;
+  }
+
+  #assertLive(op: string): void {
+    if (this.#refs <= 0) {
+      throw new DmaBufError('EINVAL', `${op}: the buffer "${this.#name}" has been put; get it again from a descriptor first`, { op });
+    }
+  }
+
+  /**
+   * A new descriptor of the buffer's file (`dma_buf_fd`), owned by the caller: close it with
+   * `fs.closeSync`, give it to a child as an extra stdio, or send it in a Unix-socket message.
+   * The buffer is not released while it (or any copy of it) is open.
+   *
+   * @throws {DmaBufError} `EINVAL` after put; `EMFILE` when out of descriptors.
+   */
+  fd(options: FdOptions = {}): number {
+    this.#assertLive('fd');
+    return this.#file.dup(options?.cloexec ?? true);
+  }
+
+  /**
+   * Puts one reference (`dma_buf_put`). When the last one is put, the exporter's `release`
+   * runs once every descriptor of the file is closed and every attachment is detached.
+   *
+   * @throws {DmaBufError} `EINVAL` when every reference was already put.
+   */
+  put(): void {
+    this.#assertLive('put');
+    this.#refs -= 1;
+    if (this.#refs === 0) {
+      this.#file.dropFile();
+      this.#maybeRelease();
+    }
+  }
+
+  /** Puts one reference unless every reference was already put. */
+  [Symbol.dispose](): void {
+    if (this.#refs > 0) this.put();
+  }
+
+  #reacquire(fd: number): void {
+    if (this.#refs === 0) this.#file.adoptFile(fd);
+    this.#refs += 1;
+  }
+
+  /**
+   * Attaches a device (`dma_buf_attach`). The exporter's `ops.attach` decides whether it can
+   * share the storage with the device; when it throws, nothing is added.
+   *
+   * @throws {DmaBufError} `EINVAL` after put or for something that is not a {@link Device};
+   *   `EBUSY` when the exporter cannot share the storage with the device.
+   */
+  async attach(device: Device): Promise<DmaBufAttachment<Priv>> {
+    const op = 'attach';
+    this.#assertLive(op);
+    if (!(device instanceof Device)) {
+      throw new DmaBufError('EINVAL', `${op}: expected a Device (for example new CpuDevice())`, { op });
+    }
+    return this.#lock.run(op, async () => {
+      this.#assertLive(op);
+      const attachment = new DmaBufAttachment<Priv>(this, device, this.#owner);
+      if (this.ops.attach) {
+        try {
+          await this.ops.attach(this, device, attachment);
+        } catch (err) {
+          throw asOpError(err, op, 'ops.attach');
+        }
+      }
+      this.#attachments.add(attachment);
+      return attachment;
+    });
+  }
+
+  /**
+   * Makes the contents immutable for everyone, through the exporter's `ops.seal`. Waits for
+   * writable maps to be unmapped. Afterwards writable directions fail with `EACCES`.
+   *
+   * @throws {DmaBufError} `ENOTTY` when the exporter cannot seal; `EINTR` when `signal`
+   *   aborts while waiting.
+   */
+  async seal(options: WaitOptions = {}): Promise<void> {
+    const op = 'seal';
+    this.#assertLive(op);
+    const seal = this.ops.seal;
+    if (!seal) throw new DmaBufError('ENOTTY', `${op}: the exporter "${this.exporter}" cannot seal its buffers`, { op });
+    const signal = options?.signal;
+    await this.#lock.run(op, async () => {
+      this.#assertLive(op);
+      if (this.#sealed) return;
+      await this.waitForNoMaps({ signal }, 'writable');
+      try {
+        await seal.call(this.ops, this, { signal });
+      } catch (err) {
+        throw asOpError(err, op, 'ops.seal');
+      }
+      this.#sealed = true;
+    }, signal);
+  }
+
+  /**
+   * For ops only, with the buffer's lock held: waits until no map (or, with `'writable'`, no
+   * writable map) of any attachment is outstanding. The lock is released while waiting, so
+   * unmaps proceed, and held again on return.
+   *
+   * @throws {DmaBufError} `EINTR` when `ctx.signal` aborts.
+   */
+  async waitForNoMaps(ctx: OpContext = {}, which: 'all' | 'writable' = 'all'): Promise<void> {
+    const pred = which === 'all' ? () => this.#mapCount === 0 : () => this.#writableMapCount === 0;
+    await this.#lock.waitUntil('waitForNoMaps', pred, ctx.signal);
+  }
+
+  async #map(att: DmaBufAttachment<Priv>, direction: DmaDirection, signal: AbortSignal | undefined): Promise<SgTable> {
+    const op = 'map';
+    checkMapDirection(op, direction);
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new DmaBufError('EINVAL', `${op}: signal must be an AbortSignal`, { op });
+    }
+    const check = (): void => {
+      if (att.detached || !this.#attachments.has(att)) {
+        throw new DmaBufError('EINVAL', `${op}: the attachment is detached`, { op });
+      }
+      if (signal?.aborted) throw interrupted(op, signal);
+      if (isWritableDirection(direction) && this.readOnly) {
+        throw new DmaBufError('EACCES', `${op}: buffer "${this.#name}" is ${this.#sealed ? 'sealed' : 'read-only'}; map it 'to-device' to read it`, { op });
+      }
+    };
+    check();
+    return this.#lock.run(op, async () => {
+      check();
+      let sgt: SgTable;
+      try {
+        sgt = await this.ops.mapDmaBuf(att, direction, { signal });
+      } catch (err) {
+        throw asOpError(err, op, 'ops.mapDmaBuf');
+      }
+      if (!(sgt instanceof SgTable)) {
+        throw new DmaBufError('EIO', `${op}: the exporter "${this.exporter}" returned something that is not an SgTable from mapDmaBuf`, { op });
+      }
+      for (const other of this.#attachments) {
+        if (other[kMaps].has(sgt)) {
+          throw new DmaBufError('EIO', `${op}: the exporter "${this.exporter}" returned a table that is already mapped; mapDmaBuf must return a new SgTable for every map`, { op });
+        }
+      }
+      att[kMaps].set(sgt, direction);
+      this.#mapCount += 1;
+      if (isWritableDirection(direction)) this.#writableMapCount += 1;
+      return sgt;
+    }, signal);
+  }
+
+  async #unmap(att: DmaBufAttachment<Priv>, sgt: SgTable): Promise<void> {
+    const op = 'unmap';
+    const missing = (): DmaBufError => new DmaBufError('EINVAL', `${op}: the table is not a live map of this attachment (already unmapped, or mapped by another)`, { op });
+    if (!att[kMaps].has(sgt)) throw missing();
+    await this.#lock.run(op, async () => {
+      if (!att[kMaps].has(sgt)) throw missing();
+      await this.#unmapLocked(att, sgt);
+    });
+  }
+
+  async #unmapLocked(att: DmaBufAttachment<Priv>, sgt: SgTable): Promise<void> {
+    this.#lock.assertHeld('unmap');
+    const direction = att[kMaps].get(sgt)!;
+    try {
+      await this.ops.unmapDmaBuf(att, sgt, direction);
+    } catch (err) {
+      throw asOpError(err, 'unmap', 'ops.unmapDmaBuf');
+    } finally {
+      att[kMaps].delete(sgt);
+      this.#mapCount -= 1;
+      if (isWritableDirection(direction)) this.#writableMapCount -= 1;
+      this.#lock.notify();
+    }
+  }
+
+  async #detach(att: DmaBufAttachment<Priv>): Promise<void> {
+    const op = 'detach';
+    const gone = (): DmaBufError => new DmaBufError('EINVAL', `${op}: the attachment is already detached`, { op });
+    if (att.detached || !this.#attachments.has(att)) throw gone();
+    await this.#lock.run(op, async () => {
+      if (!this.#attachments.has(att)) throw gone();
+      for (const sgt of [...att[kMaps].keys()]) await this.#unmapLocked(att, sgt);
+      try {
+        await this.ops.detach?.(this, att);
+      } catch (err) {
+        throw asOpError(err, op, 'ops.detach');
+      } finally {
+        this.#attachments.delete(att);
+        att[kSetDetached]();
+        this.#lock.notify();
+      }
+    });
+    this.#maybeRelease();
+  }
+
+  #maybeRelease(): void {
+    if (this.#released || this.#refs > 0 || this.#attachments.size > 0) return;
+    if (!this.#file.checkEof() || this.#released) return;
+    this.#released = true;
+    this.#file.close();
+    registry.unregister(this);
+    try {
+      const r = this.ops.release(this);
+      if (r && typeof (r as Promise<void>).then === 'function') {
+        (r as Promise<void>).catch((err: unknown) => warnReleaseFailure(this, err));
+      }
+    } catch (err) {
+      warnReleaseFailure(this, err);
+    }
+  }
+}
+
+/** Errors thrown by an exporter's op, as {@link DmaBufError}s (a foreign error becomes `EIO`). */
+function asOpError(err: unknown, op: string, where: string): DmaBufError {
+  if (err instanceof DmaBufError) return err;
+  const msg = err instanceof Error ? err.message : String(err);
+  return new DmaBufError('EIO', `${op}: ${where} failed: ${msg}`, { op, cause: err });
+}
+

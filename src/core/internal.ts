@@ -1,0 +1,12 @@
+/**
+ * Symbols shared by the core's own files and never exported from the package: the fields
+ * of an attachment only its buffer may change.
+ *
+ * @module
+ * @internal
+ */
+
+/** The attachment's live maps: table -> direction. */
+export const kMaps = Symbol('dmabuf.maps');
+/** Marks an attachment detached. */
+export const kSetDetached = Symbol('dmabuf.setDetached');

@@ -1,0 +1,64 @@
+/**
+ * The exporter's operations, as `struct dma_buf_ops`.
+ *
+ * @module
+ */
+import type { DmaBuf } from './dma-buf.js';
+import type { DmaBufAttachment } from './attachment.js';
+import type { Device } from './device.js';
+import type { DmaDirection } from './direction.js';
+import type { SgTable } from './sg-table.js';
+
+/** Context of an op call. */
+export interface OpContext {
+  /** Aborted when the caller gives up (map's `signal`); ops that wait should honour it. */
+  readonly signal?: AbortSignal | undefined;
+}
+
+/**
+ * The callbacks an exporter gives to {@link DmaBuf.export}. The core calls them and never
+ * knows which exporter it holds. Every call of one buffer's ops (but `release`) is made with
+ * the buffer's lock held: no two run interleaved, even when they await.
+ */
+export interface DmaBufOps<Priv = unknown> {
+  /**
+   * Optional. Called by `attach` before the attachment is added. Checks that the exporter can
+   * share the buffer's storage with `device` and records what it needs.
+   *
+   * Returns: nothing. Throws: a {@link DmaBufError} `EBUSY` when the storage already exists
+   * and cannot be shared with (or moved for) the device; `EINVAL` when the device can never
+   * address the buffer. Any throw fails the attach and adds nothing.
+   */
+  attach?(buf: DmaBuf<Priv>, device: Device, attachment: DmaBufAttachment<Priv>): Promise<void> | void;
+
+  /** Optional. Called by `detach` after the last map of the attachment is gone. Must not fail. */
+  detach?(buf: DmaBuf<Priv>, attachment: DmaBufAttachment<Priv>): Promise<void> | void;
+
+  /**
+   * Mandatory. Maps the buffer for the attachment's device; allocates the backing storage if
+   * it does not exist yet (late allocation) after collating the constraints of every
+   * attachment, and may move it (migration) after waiting, with
+   * {@link DmaBuf.waitForNoMaps}, until every outstanding map is gone.
+   *
+   * Returns: the table, in the device's address space. Throws: `EACCES` for a writable
+   * direction on read-only storage; `ENOMEM` when storage cannot be allocated; `EINTR` when
+   * `ctx.signal` aborts.
+   */
+  mapDmaBuf(attachment: DmaBufAttachment<Priv>, direction: DmaDirection, ctx: OpContext): Promise<SgTable> | SgTable;
+
+  /** Mandatory. Takes back a table `mapDmaBuf` returned. Must not fail. */
+  unmapDmaBuf(attachment: DmaBufAttachment<Priv>, sgt: SgTable, direction: DmaDirection): Promise<void> | void;
+
+  /**
+   * Mandatory. Called exactly once, when every JavaScript reference has been put, every
+   * descriptor of the buffer's file (in every process) is closed and no attachment remains.
+   * Frees the storage. Called without the lock (nobody can reach the buffer any more).
+   */
+  release(buf: DmaBuf<Priv>): Promise<void> | void;
+
+  /**
+   * Optional. Called by {@link DmaBuf.seal}: makes the contents immutable for everyone.
+   * Throws: `EINTR` when `ctx.signal` aborts while waiting for writable maps to go.
+   */
+  seal?(buf: DmaBuf<Priv>, ctx: OpContext): Promise<void> | void;
+}

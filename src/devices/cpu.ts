@@ -1,0 +1,99 @@
+/**
+ * The CPU device: this process's CPU as an importer's device. Maps backing memory into the
+ * process with mmap and hands out views over it, without copying.
+ *
+ * @module
+ */
+import { Device, type DeviceMapping, type DeviceOptions, type MapMemoryRequest } from '../core/device.js';
+import { DmaBufError } from '../core/errors.js';
+import type { MemoryObject } from '../core/memory.js';
+import { native, type MappingHandle } from '../native/binding.js';
+
+interface CachedMapping {
+  handle: MappingHandle;
+  unregister: () => void;
+}
+
+/**
+ * The CPU of this process, as a device. A map gives every segment a `view` (a `Uint8Array`
+ * over an mmap of the backing memory) and its virtual `address`.
+ *
+ * - Writable maps (`'bidirectional'`, `'from-device'`) share the memory: a write through one
+ *   attachment's view is read through another's. Their mmap is cached per memory object and
+ *   reused by the next map (page tables are the costly part of a map).
+ * - Read maps (`'to-device'`, and every map of a sealed buffer) are copy-on-write private
+ *   mappings: a stray write through such a view never reaches the buffer and never crashes
+ *   the process. Reads follow the buffer's later writes on every page the view has not
+ *   itself written; a page it wrote stops following them.
+ * - Unmap detaches the views first: a stale view has `byteLength` 0.
+ *
+ * @example
+ * ```ts
+ * const att = await buf.attach(new CpuDevice({ name: 'decoder', maxSegmentSize: 1 << 20 }));
+ * ```
+ */
+export class CpuDevice extends Device {
+  /** `'cpu'`. */
+  readonly kind = 'cpu';
+  #cache = new Map<MemoryObject, CachedMapping>();
+
+  /** @throws {DmaBufError} `EINVAL` for a bad constraint. */
+  constructor(options: DeviceOptions = {}) {
+    super({ name: 'cpu', ...options });
+  }
+
+  /** Number of mmaps this device keeps cached for reuse (for introspection and tests). */
+  get cachedMappings(): number {
+    return this.#cache.size;
+  }
+
+  /** Maps `request.memory` for `request.access`; see the class description. */
+  mapMemory(request: MapMemoryRequest): DeviceMapping {
+    const { memory, access } = request;
+    const c = native.constants;
+    if (access === 'write') {
+      if (memory.writeSealed) {
+        throw new DmaBufError('EACCES', 'map: the memory is sealed against writes', { op: 'map' });
+      }
+      let entry = this.#cache.get(memory);
+      if (!entry) {
+        const handle = native.mmap(memory.fd, memory.size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED);
+        const unregister = memory.onInvalidate(() => this.#drop(memory));
+        entry = { handle, unregister };
+        this.#cache.set(memory, entry);
+      }
+      return viewMapping(entry.handle, memory.size, false);
+    }
+    const handle = native.mmap(memory.fd, memory.size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_PRIVATE);
+    return viewMapping(handle, memory.size, true);
+  }
+
+  #drop(memory: MemoryObject): void {
+    const entry = this.#cache.get(memory);
+    if (!entry) return;
+    this.#cache.delete(memory);
+    entry.unregister();
+    native.munmap(entry.handle);
+  }
+}
+
+function viewMapping(handle: MappingHandle, size: number, ownsMapping: boolean): DeviceMapping {
+  let ab: ArrayBuffer;
+  try {
+    ab = native.mappingView(handle, 0, size);
+  } catch (err) {
+    if (ownsMapping) native.munmap(handle);
+    throw err;
+  }
+  let released = false;
+  return {
+    address: native.mappingAddress(handle),
+    view: new Uint8Array(ab),
+    release() {
+      if (released) return;
+      released = true;
+      native.detachView(ab);
+      if (ownsMapping) native.munmap(handle);
+    },
+  };
+}

@@ -1,0 +1,24 @@
+/**
+ * dmabuf: the Linux dma-buf buffer-sharing framework in user space.
+ *
+ * Experimental: the API of the first release may change.
+ *
+ * @module
+ */
+export { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC } from './core/dma-buf.js';
+export type { ExportInfo, FdOptions, WaitOptions } from './core/dma-buf.js';
+export { DmaBufAttachment } from './core/attachment.js';
+export type { MapOptions } from './core/attachment.js';
+export type { DmaBufOps, OpContext } from './core/ops.js';
+export { SgTable } from './core/sg-table.js';
+export type { SgSegment } from './core/sg-table.js';
+export { Device, collateConstraints, planSegments, BASE_PAGE_SIZE, HUGE_PAGE_SIZE, DEFAULT_CONSTRAINTS } from './core/device.js';
+export type { DeviceConstraints, DeviceOptions, DeviceMapping, DeviceAccess, MapMemoryRequest, SegmentPlan } from './core/device.js';
+export type { MemoryObject } from './core/memory.js';
+export type { DmaDirection } from './core/direction.js';
+export { DmaBufError } from './core/errors.js';
+export type { DmaBufErrorCode, DmaBufErrorOptions } from './core/errors.js';
+export { SystemHeap, systemHeap, hugePagesAvailable } from './heaps/system.js';
+export type { AllocateOptions, Heap, StorageInfo, SystemBufferPriv } from './heaps/system.js';
+export { CpuDevice } from './devices/cpu.js';
+export { available, unavailableReason } from './native/binding.js';
