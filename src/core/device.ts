@@ -124,8 +124,11 @@ export interface MapMemoryRequest {
 
 /** A device's mapping of a memory object; `release` gives it back (views detached first). */
 export interface DeviceMapping {
-  /** Start of the memory in the device's address space. */
-  readonly address: bigint;
+  /**
+   * Start of the memory in the device's address space; undefined when the exporter cannot
+   * know it (a device in another process: the importer's table carries the addresses).
+   */
+  readonly address?: bigint | undefined;
   /** For CPU devices, a view over the memory (`memory.size` bytes). */
   readonly view?: Uint8Array;
   /** Unmaps: detaches the view, then lets the memory go (or caches it). Idempotent. */

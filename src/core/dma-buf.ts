@@ -12,11 +12,24 @@ import { Device } from './device.js';
 import { checkMapDirection, isWritableDirection, type DmaDirection } from './direction.js';
 import { SgTable } from './sg-table.js';
 import type { DmaBufOps, OpContext } from './ops.js';
-import { kMaps, kSetDetached } from './internal.js';
+import { kAttachRemote, kMaps, kOnRelease, kSetDetached, kSetSealed } from './internal.js';
 import { warnExperimental } from './experimental.js';
 import * as registry from './registry.js';
 import { native, assertAvailable } from '../native/binding.js';
 import { BufferFile } from '../transport/buffer-file.js';
+import { handleHello } from './service.js';
+import { importBuffer } from './importer.js';
+
+/** A reference to the buffer's file: the exporter's {@link BufferFile} or an importer's. @internal */
+export interface FileRef {
+  readonly key: string;
+  dup(cloexec: boolean): number;
+  adoptFile(fd: number): void;
+  /** Drops this thread's own descriptor; true when no descriptor remains anywhere. */
+  dropFile(): boolean;
+  checkEof(): boolean;
+  close(): void;
+}
 
 /** `O_RDONLY`: importers may only map for reading. */
 export const O_RDONLY: number = fsConstants.O_RDONLY;
@@ -56,7 +69,20 @@ export interface WaitOptions {
   signal?: AbortSignal;
 }
 
+/** Options of {@link DmaBuf.get}. */
+export interface GetOptions extends WaitOptions {
+  /**
+   * How long to wait for the exporter of a buffer of another thread or process to answer, in
+   * milliseconds (default 2000). A socket that does not answer in time is not a dma-buf.
+   */
+  timeout?: number;
+}
+
 const kCreate = Symbol('dmabuf.create');
+/** @internal */
+export const kCreateImported = Symbol('dmabuf.createImported');
+/** @internal */
+export const kReacquire = Symbol('dmabuf.reacquire');
 
 function describeFileType(mode: number): string {
   const c = native.constants;
@@ -132,7 +158,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
   /** `O_RDWR` or `O_RDONLY` (with `O_CLOEXEC` if given at export). */
   readonly flags: number;
   #name: string;
-  #file: BufferFile;
+  #file: FileRef;
   #refs = 1;
   #released = false;
   #sealed = false;
@@ -141,9 +167,10 @@ export class DmaBuf<Priv = unknown> implements Disposable {
   #mapCount = 0;
   #writableMapCount = 0;
   #owner: AttachmentOwner;
+  #onRelease: (() => void)[] = [];
 
   /** @internal use {@link DmaBuf.export}. */
-  constructor(token: symbol, info: ExportInfo<Priv>, file: BufferFile) {
+  constructor(token: symbol, info: ExportInfo<Priv>, file: FileRef) {
     if (token !== kCreate) {
       throw new DmaBufError('EINVAL', 'new DmaBuf: use DmaBuf.export() or DmaBuf.get()', { op: 'new DmaBuf' });
     }
@@ -178,7 +205,10 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     const file = BufferFile.create();
     const buf = new DmaBuf<Priv>(kCreate, info, file);
     registry.register(buf);
-    file.watch({ onEof: () => buf.#maybeRelease() });
+    file.watch({
+      onEof: () => buf.#maybeRelease(),
+      onMessage: (data, fds) => handleHello(buf as DmaBuf, data, fds),
+    });
     return buf;
   }
 
@@ -191,7 +221,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
    *   open but not a dma-buf (a regular file, a pipe, another socket, a socket that fails the
    *   handshake).
    */
-  static async get(fd: number): Promise<DmaBuf> {
+  static async get(fd: number, options: GetOptions = {}): Promise<DmaBuf> {
     warnExperimental();
     assertAvailable('get');
     const op = 'get';
@@ -211,8 +241,9 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     if ((st.mode & c.S_IFMT) !== c.S_IFSOCK) {
       throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is ${describeFileType(st.mode)}, not a dma-buf`, { op });
     }
-    const local = registry.lookup(`${st.dev}:${st.ino}`);
-    if (local instanceof DmaBuf && !local.#released) {
+    const key = `${st.dev}:${st.ino}`;
+    const local = DmaBuf.#lookup(key);
+    if (local) {
       local.#reacquire(fd);
       return local;
     }
@@ -220,7 +251,25 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     if (info.domain !== c.AF_UNIX || info.type !== c.SOCK_SEQPACKET) {
       throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is a socket but not a dma-buf`, { op });
     }
-    throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is a socket that did not answer as a dma-buf of this thread`, { op });
+    return importBuffer(fd, key, options, () => DmaBuf.#lookup(key));
+  }
+
+  static #lookup(key: string): DmaBuf | undefined {
+    const local = registry.lookup(key);
+    return local instanceof DmaBuf && !local.#released ? local : undefined;
+  }
+
+  /** @internal Creates an importer's buffer (its ops answered by the exporter). */
+  static [kCreateImported]<P>(info: ExportInfo<P>, file: FileRef, sealed: boolean): DmaBuf<P> {
+    const buf = new DmaBuf<P>(kCreate, info, file);
+    buf.#sealed = sealed;
+    registry.register(buf);
+    return buf;
+  }
+
+  /** @internal Takes one more reference (an importer's get of a buffer it already holds). */
+  [kReacquire](fd: number): void {
+    this.#reacquire(fd);
   }
 
   /** The key of the buffer's file in this machine (`dev:ino` of the socket). */
@@ -319,13 +368,37 @@ export class DmaBuf<Priv = unknown> implements Disposable {
    *   `EBUSY` when the exporter cannot share the storage with the device.
    */
   async attach(device: Device): Promise<DmaBufAttachment<Priv>> {
+    this.#assertLive('attach');
+    return this.#attach(device, () => this.#assertLive('attach'));
+  }
+
+  /** @internal A remote importer's attach: its descriptor of the file is its reference. */
+  [kAttachRemote](device: Device): Promise<DmaBufAttachment<Priv>> {
+    const live = (): void => {
+      if (this.#released) throw new DmaBufError('EINVAL', 'attach: the buffer has been released', { op: 'attach' });
+    };
+    live();
+    return this.#attach(device, live);
+  }
+
+  /** @internal Runs `fn` once, at release. */
+  [kOnRelease](fn: () => void): void {
+    if (this.#released) fn();
+    else this.#onRelease.push(fn);
+  }
+
+  /** @internal */
+  [kSetSealed](): void {
+    this.#sealed = true;
+  }
+
+  async #attach(device: Device, live: () => void): Promise<DmaBufAttachment<Priv>> {
     const op = 'attach';
-    this.#assertLive(op);
     if (!(device instanceof Device)) {
       throw new DmaBufError('EINVAL', `${op}: expected a Device (for example new CpuDevice())`, { op });
     }
     return this.#lock.run(op, async () => {
-      this.#assertLive(op);
+      live();
       const attachment = new DmaBufAttachment<Priv>(this, device, this.#owner);
       if (this.ops.attach) {
         try {
@@ -467,6 +540,13 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     this.#released = true;
     this.#file.close();
     registry.unregister(this);
+    for (const fn of this.#onRelease.splice(0)) {
+      try {
+        fn();
+      } catch (err) {
+        warnReleaseFailure(this, err);
+      }
+    }
     try {
       const r = this.ops.release(this);
       if (r && typeof (r as Promise<void>).then === 'function') {

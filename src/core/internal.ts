@@ -10,3 +10,9 @@
 export const kMaps = Symbol('dmabuf.maps');
 /** Marks an attachment detached. */
 export const kSetDetached = Symbol('dmabuf.setDetached');
+/** Attaches a remote importer's device: allowed while any descriptor of the file is open. */
+export const kAttachRemote = Symbol('dmabuf.attachRemote');
+/** Registers a callback run once when the buffer is released. */
+export const kOnRelease = Symbol('dmabuf.onRelease');
+/** Marks an imported buffer sealed (from the exporter's description). */
+export const kSetSealed = Symbol('dmabuf.setSealed');

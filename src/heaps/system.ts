@@ -267,7 +267,7 @@ const systemOps: DmaBufOps<SystemBufferPriv> = {
         segments.push({
           offset,
           length,
-          address: mapping.address + BigInt(offset),
+          ...(mapping.address !== undefined ? { address: mapping.address + BigInt(offset) } : {}),
           ...(mapping.view ? { view: mapping.view.subarray(offset, offset + length) } : {}),
         });
       }

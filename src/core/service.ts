@@ -1,0 +1,299 @@
+/**
+ * The exporter's service: answers importers in other threads and processes.
+ *
+ * An importer reaches a buffer's exporter only through the buffer's file: it sends a HELLO,
+ * with a new channel, into its descriptor of the file; the message arrives at the service
+ * end that only the exporter reads. The exporter answers on the channel. Every request on the
+ * channel then runs the exporter's real ops in this thread: a remote attachment is an
+ * attachment like any other, with a {@link RemoteDevice} carrying the importer's constraints.
+ * One channel serves every buffer an importer thread gets from this exporter thread; it knows
+ * only the buffers the importer proved it holds (a HELLO through their file).
+ *
+ * When a channel closes (the importer exited or crashed), the service unmaps and detaches
+ * whatever the importer left, as if the importer had.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import type { DmaBuf } from './dma-buf.js';
+import type { DmaBufAttachment } from './attachment.js';
+import { DmaBufError } from './errors.js';
+import { AsyncLock } from './lock.js';
+import { RemoteDevice } from './remote-device.js';
+import { kAttachRemote, kOnRelease } from './internal.js';
+import { DIRECTIONS, type DmaDirection } from './direction.js';
+import type { SgTable } from './sg-table.js';
+import { native } from '../native/binding.js';
+import { Connection, closeAll } from '../transport/connection.js';
+import { MsgType, decode, encode, field, toRuns, type Message } from '../transport/protocol.js';
+
+/** Most remote attachments one channel may hold at once. */
+export const MAX_ATTACHMENTS_PER_CHANNEL = 65536;
+
+interface RemoteAttachment {
+  att: DmaBufAttachment;
+  device: RemoteDevice;
+  /** Serializes maps of this attachment, so that each map's memory is the one recorded. */
+  mapLock: AsyncLock;
+  maps: Set<number>;
+}
+
+/** One importer thread's channel to this exporter thread. */
+class ServiceChannel {
+  readonly token: string;
+  readonly conn: Connection;
+  readonly pid: number;
+  readonly buffers = new Map<number, DmaBuf>();
+  readonly attachments = new Map<number, RemoteAttachment>();
+  readonly maps = new Map<number, { attachment: number; sgt: SgTable }>();
+  #nextId = 1;
+
+  constructor(fd: number) {
+    this.token = randomBytes(16).toString('hex');
+    this.conn = new Connection(fd, {
+      onMessage: (msg, fds) => { closeAll(fds); void this.#handle(msg); },
+      onBadMessage: (err, id) => { if (id) this.#answerError(id, err); },
+      onClose: () => this.#cleanup(),
+    });
+    let pid = 0;
+    try {
+      pid = this.conn.peer().pid;
+    } catch {
+      // a peer that is already gone: cleanup follows at the first poll
+    }
+    this.pid = pid;
+  }
+
+  nextId(): number {
+    const id = this.#nextId;
+    this.#nextId = id >= 0x7fffffff ? 1 : id + 1;
+    return id;
+  }
+
+  adopt(buf: DmaBuf): void {
+    if (this.buffers.has(buf.id)) return;
+    this.buffers.set(buf.id, buf);
+    buf[kOnRelease](() => this.buffers.delete(buf.id));
+  }
+
+  #answerError(id: number, err: unknown): void {
+    const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err));
+    this.conn.send(MsgType.ERROR, id, { code: e.code, message: e.message }).catch(() => {});
+  }
+
+  #buffer(body: Record<string, unknown>): DmaBuf {
+    const id = field.uint(body, 'buffer', 0xffffffff);
+    const buf = this.buffers.get(id);
+    if (!buf) throw new DmaBufError('EINVAL', `buffer ${id} was not imported on this channel (send a HELLO through its file first)`, { op: 'protocol' });
+    return buf;
+  }
+
+  #attachment(body: Record<string, unknown>): [number, RemoteAttachment] {
+    const id = field.uint(body, 'attachment', 0xffffffff);
+    const entry = this.attachments.get(id);
+    if (!entry) throw new DmaBufError('EINVAL', `attachment ${id} is not a live attachment of this channel`, { op: 'protocol' });
+    return [id, entry];
+  }
+
+  async #handle(msg: Message): Promise<void> {
+    try {
+      const reply = await this.#dispatch(msg);
+      if (reply && !this.conn.closed) await reply();
+    } catch (err) {
+      if (msg.id !== 0 && !this.conn.closed) this.#answerError(msg.id, err);
+    }
+  }
+
+  /** Runs a request; returns how to answer it (or nothing for notifications). */
+  async #dispatch(msg: Message): Promise<(() => Promise<void>) | undefined> {
+    const { body, id } = msg;
+    const ok = (reply: Record<string, unknown> = {}, fds: number[] = []) => () => this.conn.send(MsgType.REPLY, id, reply, fds);
+    switch (msg.type) {
+      case MsgType.ATTACH: {
+        const buf = this.#buffer(body);
+        if (this.attachments.size >= MAX_ATTACHMENTS_PER_CHANNEL) {
+          throw new DmaBufError('ENOMEM', `attach: a channel may hold at most ${MAX_ATTACHMENTS_PER_CHANNEL} attachments`, { op: 'attach' });
+        }
+        const d = body.device;
+        if (typeof d !== 'object' || d === null) throw new DmaBufError('EPROTO', 'protocol: field "device" must be an object', { op: 'protocol' });
+        const dev = d as Record<string, unknown>;
+        const device = new RemoteDevice({
+          name: `${field.str(dev, 'name', 255)}@${this.pid}`,
+          maxSegmentSize: field.uint(dev, 'maxSegmentSize'),
+          maxSegments: field.uint(dev, 'maxSegments'),
+          segmentAlignment: field.uint(dev, 'segmentAlignment'),
+          pageSize: field.uint(dev, 'pageSize'),
+        }, field.str(dev, 'kind', 64), this.pid);
+        const att = await buf[kAttachRemote](device);
+        if (this.conn.closed) {
+          await att.detach();
+          return undefined;
+        }
+        const attId = this.nextId();
+        this.attachments.set(attId, { att, device, mapLock: new AsyncLock(), maps: new Set() });
+        return ok({ attachment: attId });
+      }
+      case MsgType.DETACH: {
+        const [attId, entry] = this.#attachment(body);
+        this.attachments.delete(attId);
+        for (const m of entry.maps) this.maps.delete(m);
+        await entry.att.detach();
+        return ok();
+      }
+      case MsgType.MAP: {
+        const [attId, entry] = this.#attachment(body);
+        const direction = field.oneOf(body, 'direction', DIRECTIONS) as DmaDirection;
+        const { sgt, mapping } = await entry.mapLock.run('map', async () => {
+          const table = await entry.att.map(direction);
+          return { sgt: table, mapping: entry.device.takePending() };
+        });
+        if (!mapping) {
+          await entry.att.unmap(sgt);
+          throw new DmaBufError('EINVAL', `map: the exporter "${entry.att.dmabuf.exporter}" has no memory a device in another process can map`, { op: 'map' });
+        }
+        if (this.conn.closed || !this.attachments.has(attId)) {
+          if (!entry.att.detached) await entry.att.unmap(sgt).catch(() => {});
+          return undefined;
+        }
+        const mapId = this.nextId();
+        this.maps.set(mapId, { attachment: attId, sgt });
+        entry.maps.add(mapId);
+        const { memory, access } = mapping;
+        const send = ok({
+          map: mapId,
+          segments: toRuns(sgt.segments),
+          memory: { size: memory.size, pageSize: memory.pageSize, writeSealed: memory.writeSealed },
+          access,
+        }, [memory.fd]);
+        return async () => {
+          try {
+            await send();
+          } catch (err) {
+            // The importer will never know of this map: take it back.
+            this.maps.delete(mapId);
+            entry.maps.delete(mapId);
+            if (!entry.att.detached) await entry.att.unmap(sgt).catch(() => {});
+            throw err;
+          }
+        };
+      }
+      case MsgType.UNMAP: {
+        const mapId = field.uint(body, 'map', 0xffffffff);
+        const m = this.maps.get(mapId);
+        if (!m) throw new DmaBufError('EINVAL', `unmap: map ${mapId} is not a live map of this channel`, { op: 'unmap' });
+        this.maps.delete(mapId);
+        const entry = this.attachments.get(m.attachment);
+        entry?.maps.delete(mapId);
+        if (entry && !entry.att.detached) await entry.att.unmap(m.sgt);
+        return ok();
+      }
+      case MsgType.PUT: {
+        const bufId = field.uint(body, 'buffer', 0xffffffff);
+        this.buffers.delete(bufId);
+        return undefined;
+      }
+      default:
+        throw new DmaBufError('EPROTO', `protocol: unexpected message type ${msg.type} from an importer`, { op: 'protocol' });
+    }
+  }
+
+  /** The importer is gone: undo what it left, as if it had. */
+  #cleanup(): void {
+    channels.delete(this.token);
+    const left = [...this.attachments.values()];
+    this.attachments.clear();
+    this.maps.clear();
+    this.buffers.clear();
+    for (const entry of left) {
+      if (!entry.att.detached) {
+        entry.att.detach().catch((err: unknown) => {
+          process.emitWarning(`dmabuf: cleaning up after an importer (pid ${this.pid}) failed: ${String(err)}`, 'DmaBufWarning');
+        });
+      }
+    }
+  }
+}
+
+/** This thread's channels, by token. */
+const channels = new Map<string, ServiceChannel>();
+
+/** The channels of this exporter thread (for introspection and tests). */
+export function serviceChannels(): { token: string; pid: number; buffers: number; attachments: number; maps: number }[] {
+  return [...channels.values()].map((c) => ({ token: c.token, pid: c.pid, buffers: c.buffers.size, attachments: c.attachments.size, maps: c.maps.size }));
+}
+
+/** The buffer's description, as the importer receives it. */
+function describe(buf: DmaBuf, channel: ServiceChannel, reused: boolean): Record<string, unknown> {
+  return {
+    buffer: buf.id,
+    size: buf.size,
+    flags: buf.flags,
+    name: buf.name,
+    exporter: buf.exporter,
+    sealed: buf.sealed,
+    pid: process.pid,
+    token: channel.token,
+    reused,
+  };
+}
+
+/**
+ * Handles a message that arrived through a buffer's file: a HELLO from an importer. Anything
+ * else is dropped, its descriptors closed. Never throws.
+ */
+export function handleHello(buf: DmaBuf, data: Buffer, fds: number[]): void {
+  const c = native.constants;
+  // The one descriptor must be a connected SEQPACKET Unix socket: the importer's channel.
+  let channelFd = -1;
+  if (fds.length === 1) {
+    try {
+      const info = native.socketInfo(fds[0]!);
+      if (info.domain === c.AF_UNIX && info.type === c.SOCK_SEQPACKET) channelFd = fds[0]!;
+    } catch {
+      // not a socket
+    }
+  }
+  if (channelFd < 0) {
+    closeAll(fds);
+    return;
+  }
+  let msg: Message;
+  try {
+    msg = decode(data);
+    if (msg.type !== MsgType.HELLO) throw new DmaBufError('EPROTO', `protocol: expected a HELLO through the buffer's file, got type ${msg.type}`, { op: 'protocol' });
+  } catch (err) {
+    const e = err as DmaBufError;
+    const id = data.length >= 12 ? data.readUInt32LE(8) : 0;
+    try {
+      native.sendmsg(channelFd, encode(MsgType.ERROR, id, { code: e.code, message: e.message }), [], c.MSG_DONTWAIT);
+    } catch {
+      // the importer is gone or does not read
+    }
+    closeAll([channelFd]);
+    return;
+  }
+  try {
+    let tokens: string[] = [];
+    try {
+      tokens = field.strings(msg.body, 'tokens', 64, 64);
+    } catch {
+      tokens = [];
+    }
+    const existing = tokens.map((t) => channels.get(t)).find((ch) => ch !== undefined && !ch.conn.closed);
+    if (existing) {
+      existing.adopt(buf);
+      try {
+        native.sendmsg(channelFd, encode(MsgType.REPLY, msg.id, describe(buf, existing, true)), [], c.MSG_DONTWAIT);
+      } finally {
+        closeAll([channelFd]);
+      }
+      return;
+    }
+    const channel = new ServiceChannel(channelFd);
+    channels.set(channel.token, channel);
+    channel.adopt(buf);
+    channel.conn.send(MsgType.REPLY, msg.id, describe(buf, channel, false)).catch(() => channel.conn.close());
+  } catch {
+    // The importer will time out; nothing of ours is left open.
+  }
+}

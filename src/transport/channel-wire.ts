@@ -1,0 +1,150 @@
+/**
+ * The wire format of a {@link BufferChannel} message: a small binary header followed by UTF-8
+ * JSON metadata. Pure functions, no descriptors and no system calls, so the format can be
+ * tested and fuzzed on its own. `docs/protocol.md` ("Buffer channels") is the reference.
+ *
+ * ```
+ * offset size field       value
+ * 0      4    magic       0x48434244 (bytes "DBCH"), little-endian u32
+ * 4      2    version     1
+ * 6      2    type        1 = BUFFER
+ * 8      4    metaLength  bytes of metadata that follow (0 = no metadata), at most 61440
+ * 12     4    reserved    must be 0
+ * 16     n    meta        UTF-8 JSON, exactly metaLength bytes
+ * ```
+ * Every message carries exactly one descriptor (SCM_RIGHTS); that rule is checked by the
+ * channel, not here.
+ *
+ * @module
+ */
+import { DmaBufError } from '../core/errors.js';
+
+/** `"DBCH"` read as a little-endian u32. */
+export const CHANNEL_MAGIC = 0x48434244;
+/** The only version this release speaks. */
+export const CHANNEL_VERSION = 1;
+/** Bytes of the fixed header. */
+export const CHANNEL_HEADER_SIZE = 16;
+/** Largest metadata (bytes of UTF-8 JSON) a message may carry: 60 KiB. */
+export const CHANNEL_MAX_META = 60 * 1024;
+/** Largest message on the wire: the header plus the largest metadata. */
+export const CHANNEL_MAX_MESSAGE = CHANNEL_HEADER_SIZE + CHANNEL_MAX_META;
+
+/** Message types. */
+export const ChannelMessageType = {
+  /** A buffer (or raw descriptor) with optional metadata; carries exactly one descriptor. */
+  BUFFER: 1,
+} as const;
+
+/** A decoded message. */
+export interface ChannelMessage {
+  /** The message type ({@link ChannelMessageType}). */
+  type: number;
+  /** The parsed metadata; `undefined` when the message carried none (metaLength 0). */
+  meta: unknown;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * Encodes a BUFFER message: the header and the metadata as JSON. `meta` `undefined` sends no
+ * metadata (the receiver gets `undefined`); anything else must survive `JSON.stringify`.
+ *
+ * @throws {DmaBufError} `EINVAL` when `meta` cannot be serialised as JSON (a cycle, a
+ *   `BigInt`, a function); `EMSGSIZE` when its JSON is over {@link CHANNEL_MAX_META} bytes.
+ * @example
+ * ```ts
+ * const bytes = encodeChannelMessage({ frame: 17, width: 1920 });
+ * ```
+ */
+export function encodeChannelMessage(meta?: unknown, op = 'send'): Uint8Array {
+  let json: Uint8Array;
+  if (meta === undefined) {
+    json = new Uint8Array(0);
+  } else {
+    let text: string | undefined;
+    try {
+      text = JSON.stringify(meta);
+    } catch (err) {
+      const msg = err instanceof Error ? err.message : String(err);
+      throw new DmaBufError('EINVAL', `${op}: the metadata cannot be sent as JSON (${msg}); send plain objects, arrays, strings, numbers and booleans`, { op, cause: err });
+    }
+    if (text === undefined) {
+      throw new DmaBufError('EINVAL', `${op}: the metadata (a ${typeof meta}) has no JSON form; send plain objects, arrays, strings, numbers and booleans`, { op });
+    }
+    json = encoder.encode(text);
+  }
+  if (json.length > CHANNEL_MAX_META) {
+    throw new DmaBufError('EMSGSIZE', `${op}: the metadata is ${json.length} bytes of JSON, over the limit of ${CHANNEL_MAX_META}; send large data in a buffer, not in its metadata`, { op });
+  }
+  const out = new Uint8Array(CHANNEL_HEADER_SIZE + json.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, CHANNEL_MAGIC, true);
+  view.setUint16(4, CHANNEL_VERSION, true);
+  view.setUint16(6, ChannelMessageType.BUFFER, true);
+  view.setUint32(8, json.length, true);
+  view.setUint32(12, 0, true);
+  out.set(json, CHANNEL_HEADER_SIZE);
+  return out;
+}
+
+function malformed(op: string, what: string): DmaBufError {
+  return new DmaBufError('EPROTO', `${op}: malformed message from the peer: ${what}; the message was dropped (is the peer a BufferChannel of a compatible version?)`, { op });
+}
+
+/**
+ * Decodes one message (the whole datagram as received).
+ *
+ * @throws {DmaBufError} `EPROTO` for anything but a well-formed version-1 BUFFER message:
+ *   shorter than the header, a wrong magic, another version or type, a reserved field not
+ *   zero, a metaLength over the limit or different from the bytes that follow, metadata that
+ *   is not UTF-8 or not JSON.
+ * @example
+ * ```ts
+ * const { meta } = decodeChannelMessage(encodeChannelMessage({ n: 1 })); // { n: 1 }
+ * ```
+ */
+export function decodeChannelMessage(data: Uint8Array, op = 'receive'): ChannelMessage {
+  if (data.length < CHANNEL_HEADER_SIZE) {
+    throw malformed(op, `${data.length} bytes, shorter than the ${CHANNEL_HEADER_SIZE}-byte header`);
+  }
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const magic = view.getUint32(0, true);
+  if (magic !== CHANNEL_MAGIC) {
+    throw malformed(op, `bad magic 0x${magic.toString(16).padStart(8, '0')} (expected 0x${CHANNEL_MAGIC.toString(16)})`);
+  }
+  const version = view.getUint16(4, true);
+  if (version !== CHANNEL_VERSION) {
+    throw malformed(op, `unsupported version ${version} (this side speaks version ${CHANNEL_VERSION})`);
+  }
+  const type = view.getUint16(6, true);
+  if (type !== ChannelMessageType.BUFFER) {
+    throw malformed(op, `unknown message type ${type}`);
+  }
+  const metaLength = view.getUint32(8, true);
+  const reserved = view.getUint32(12, true);
+  if (reserved !== 0) {
+    throw malformed(op, `reserved field is 0x${reserved.toString(16)}, must be 0`);
+  }
+  if (metaLength > CHANNEL_MAX_META) {
+    throw malformed(op, `metaLength ${metaLength} is over the limit of ${CHANNEL_MAX_META}`);
+  }
+  const body = data.length - CHANNEL_HEADER_SIZE;
+  if (metaLength !== body) {
+    throw malformed(op, `metaLength says ${metaLength} bytes but ${body} follow the header`);
+  }
+  if (metaLength === 0) return { type, meta: undefined };
+  let text: string;
+  try {
+    text = decoder.decode(data.subarray(CHANNEL_HEADER_SIZE));
+  } catch {
+    throw malformed(op, 'metadata is not valid UTF-8');
+  }
+  try {
+    return { type, meta: JSON.parse(text) as unknown };
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    throw malformed(op, `metadata is not JSON (${msg})`);
+  }
+}

@@ -1,0 +1,331 @@
+/**
+ * A connection: one private `SOCK_SEQPACKET` channel between an importer and an exporter's
+ * service, carrying protocol messages (and descriptors) both ways, driven by the event loop
+ * (uv_poll; never blocking it), with backpressure and request/reply correlation.
+ *
+ * Knows nothing of buffers.
+ *
+ * @module
+ */
+import { native, type PollHandle } from '../native/binding.js';
+import { DmaBufError } from '../core/errors.js';
+import { MAX_MESSAGE, MsgType, decode, encode, typeName, type Message, type MsgTypeValue } from './protocol.js';
+
+/** Most descriptors one message may carry; extra ones are closed on receipt. */
+export const MAX_FDS_PER_MESSAGE = 4;
+/** Most messages queued for a peer that does not read; beyond it the connection is closed. */
+export const MAX_QUEUED_SENDS = 4096;
+
+/** What a connection reports to its owner. */
+export interface ConnectionHandlers {
+  /** A well-formed message that is not a reply to one of our requests. The callee owns `fds`. */
+  onMessage(msg: Message, fds: number[]): void;
+  /** A malformed message (its descriptors are already closed); `id` when the header had one. */
+  onBadMessage?(err: DmaBufError, id: number | undefined): void;
+  /** The connection closed (peer gone, or closed by us); called once. */
+  onClose?(reason: DmaBufError): void;
+}
+
+interface PendingSend {
+  data: Buffer;
+  fds: number[];
+  resolve: () => void;
+  reject: (err: DmaBufError) => void;
+}
+
+interface PendingRequest {
+  type: MsgTypeValue;
+  resolve: (reply: { msg: Message; fds: number[] }) => void;
+  reject: (err: DmaBufError) => void;
+}
+
+/** A reply to a request: the message and the descriptors it carried (owned by the caller). */
+export interface Reply {
+  msg: Message;
+  fds: number[];
+}
+
+function peerGone(what: string): DmaBufError {
+  return new DmaBufError('EPIPE', `${what}: the peer closed the connection`, { op: what });
+}
+
+/** One end of a connection. Owns its descriptor. */
+export class Connection {
+  #fd: number;
+  #poll: PollHandle | null;
+  #handlers: ConnectionHandlers;
+  #queue: PendingSend[] = [];
+  #pending = new Map<number, PendingRequest>();
+  #nextId = 1;
+  #closed = false;
+  #closeReason: DmaBufError | null = null;
+  /** Messages rejected as malformed (for tests and introspection). */
+  badMessages = 0;
+
+  /** Takes ownership of `fd`, a connected SEQPACKET socket of this process only. */
+  constructor(fd: number, handlers: ConnectionHandlers) {
+    this.#fd = fd;
+    this.#handlers = handlers;
+    const c = native.constants;
+    this.#poll = native.pollStart(fd, c.UV_READABLE | c.UV_DISCONNECT, (status, events) => this.#onReady(status, events));
+  }
+
+  /** Whether the connection is closed. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The descriptor (for introspection). */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** SO_PEERCRED of the peer. */
+  peer(): { pid: number; uid: number; gid: number } {
+    return native.peerCred(this.#fd);
+  }
+
+  /** Why the connection closed, or null while open. */
+  get closeReason(): DmaBufError | null {
+    return this.#closeReason;
+  }
+
+  /** Requests awaiting a reply. */
+  get pendingRequests(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * Sends a message (the descriptors are duplicated by the kernel; the caller keeps its own).
+   * Waits when the peer's queue is full.
+   *
+   * @throws {DmaBufError} `EPIPE` when the connection is closed; `EMSGSIZE` for a message too large.
+   */
+  send(type: MsgTypeValue, id: number, body: Record<string, unknown> = {}, fds: number[] = []): Promise<void> {
+    if (this.#closed) return Promise.reject(this.#closeReason ?? peerGone('send'));
+    const data = encode(type, id, body);
+    if (this.#queue.length === 0 && this.#trySend(data, fds)) return Promise.resolve();
+    if (this.#queue.length >= MAX_QUEUED_SENDS) {
+      const err = new DmaBufError('EAGAIN', `send: the peer stopped reading (${MAX_QUEUED_SENDS} messages queued); closing the connection`, { op: 'send' });
+      this.close(err);
+      return Promise.reject(err);
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.#queue.push({ data, fds, resolve, reject });
+      this.#updatePoll();
+    });
+  }
+
+  /**
+   * Sends a request and waits for the REPLY or ERROR with its id.
+   *
+   * @throws {DmaBufError} the peer's error (its code and message); `EPIPE` when the connection
+   *   closes first; `EINTR` when `signal` aborts (a late reply is then handed to `onLateReply`).
+   */
+  request(type: MsgTypeValue, body: Record<string, unknown>, options: { signal?: AbortSignal | undefined; onLateReply?: (reply: Reply) => void } = {}): Promise<Reply> {
+    if (this.#closed) return Promise.reject(this.#closeReason ?? peerGone(typeName(type)));
+    const id = this.#nextId;
+    this.#nextId = this.#nextId >= 0xfffffffe ? 1 : this.#nextId + 1;
+    const { signal, onLateReply } = options;
+    return new Promise<Reply>((resolve, reject) => {
+      const entry: PendingRequest = { type, resolve, reject };
+      this.#pending.set(id, entry);
+      this.#updatePoll();
+      if (signal) {
+        const onAbort = (): void => {
+          // Keep the id pending: the peer will answer, and the answer must be undone.
+          entry.resolve = (reply) => { onLateReply ? onLateReply(reply) : closeAll(reply.fds); };
+          entry.reject = () => {};
+          reject(new DmaBufError('EINTR', `${typeName(type).toLowerCase()}: interrupted by an aborted signal`, { op: typeName(type).toLowerCase(), cause: signal.reason }));
+        };
+        if (signal.aborted) { onAbort(); } else { signal.addEventListener('abort', onAbort, { once: true }); }
+        const settle = <T>(fn: (v: T) => void) => (v: T): void => { signal.removeEventListener('abort', onAbort); fn(v); };
+        entry.resolve = settle(entry.resolve);
+        entry.reject = settle(entry.reject);
+      }
+      this.send(type, id, body).catch((err: DmaBufError) => {
+        if (this.#pending.get(id) === entry) {
+          this.#pending.delete(id);
+          this.#updatePoll();
+          entry.reject(err);
+        }
+      });
+    });
+  }
+
+  /**
+   * Waits for the REPLY or ERROR with `id` to a request that was sent by other means (the
+   * HELLO goes through the buffer's file, its answer comes on this connection).
+   */
+  awaitReply(type: MsgTypeValue, id: number): Promise<Reply> {
+    if (this.#closed) return Promise.reject(this.#closeReason ?? peerGone(typeName(type)));
+    return new Promise<Reply>((resolve, reject) => {
+      this.#pending.set(id, { type, resolve, reject });
+      this.#updatePoll();
+    });
+  }
+
+  /** Closes the connection (idempotent): pending requests and sends fail with `reason`. */
+  close(reason: DmaBufError = new DmaBufError('EPIPE', 'connection closed', { op: 'close' })): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#closeReason = reason;
+    if (this.#poll) {
+      native.pollClose(this.#poll);
+      this.#poll = null;
+    }
+    native.close(this.#fd);
+    this.#fd = -1;
+    for (const s of this.#queue.splice(0)) s.reject(reason);
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const p of pending) p.reject(reason);
+    this.#handlers.onClose?.(reason);
+  }
+
+  /** Sends now if the socket takes it; false on EAGAIN. Fails the connection on other errors. */
+  #trySend(data: Buffer, fds: number[]): boolean {
+    const c = native.constants;
+    try {
+      native.sendmsg(this.#fd, data, fds, c.MSG_DONTWAIT);
+      return true;
+    } catch (err) {
+      if (DmaBufError.is(err, 'EAGAIN')) return false;
+      const e = DmaBufError.is(err, 'EPIPE') || DmaBufError.is(err, 'ECONNRESET') ? peerGone('send') : (err as DmaBufError);
+      // Close after this call returns, so that callers see the rejection of their own send.
+      queueMicrotask(() => this.close(e));
+      throw e;
+    }
+  }
+
+  #updatePoll(): void {
+    if (!this.#poll) return;
+    const c = native.constants;
+    const events = c.UV_READABLE | c.UV_DISCONNECT | (this.#queue.length > 0 ? c.UV_WRITABLE : 0);
+    native.pollUpdate(this.#poll, events);
+    // Keep the event loop alive only while someone waits on this connection.
+    native.pollRef(this.#poll, this.#queue.length > 0 || this.#pending.size > 0);
+  }
+
+  #onReady(status: number, events: number): void {
+    if (this.#closed) return;
+    const c = native.constants;
+    if (status < 0) {
+      this.close(new DmaBufError('EIO', `connection: poll failed with status ${status}`, { op: 'poll' }));
+      return;
+    }
+    if (events & c.UV_WRITABLE) this.#flush();
+    if (!this.#closed && events & (c.UV_READABLE | c.UV_DISCONNECT)) this.#readAll();
+  }
+
+  #flush(): void {
+    while (this.#queue.length > 0 && !this.#closed) {
+      const s = this.#queue[0]!;
+      let sent: boolean;
+      try {
+        sent = this.#trySend(s.data, s.fds);
+      } catch (err) {
+        this.#queue.shift();
+        s.reject(err as DmaBufError);
+        return;
+      }
+      if (!sent) break;
+      this.#queue.shift();
+      s.resolve();
+    }
+    this.#updatePoll();
+  }
+
+  #readAll(): void {
+    const c = native.constants;
+    // Bounded per wake-up so that one busy peer cannot starve the event loop.
+    for (let n = 0; n < 256 && !this.#closed; n++) {
+      let r;
+      try {
+        r = native.recvmsg(this.#fd, MAX_MESSAGE + 1, MAX_FDS_PER_MESSAGE, c.MSG_DONTWAIT);
+      } catch (err) {
+        if (DmaBufError.is(err, 'EAGAIN')) return;
+        this.close(DmaBufError.is(err, 'ECONNRESET') ? peerGone('receive') : (err as DmaBufError));
+        return;
+      }
+      if (r.data.length === 0 && r.fds.length === 0) {
+        const revents = native.pollNow(this.#fd, c.POLLIN | c.POLLRDHUP);
+        if (revents & (c.POLLHUP | c.POLLRDHUP)) {
+          this.close(peerGone('receive'));
+          return;
+        }
+        this.badMessages += 1;
+        this.#handlers.onBadMessage?.(new DmaBufError('EPROTO', 'protocol: an empty message', { op: 'protocol' }), undefined);
+        continue;
+      }
+      this.#receive(r.data, r.fds, r.flags);
+    }
+  }
+
+  #receive(data: Buffer, fds: number[], flags: number): void {
+    const c = native.constants;
+    let msg: Message;
+    const headerId = data.length >= 12 ? data.readUInt32LE(8) : undefined;
+    try {
+      if (flags & c.MSG_CTRUNC) {
+        throw new DmaBufError('EMFILE', 'protocol: descriptors of a message were dropped (MSG_CTRUNC): this process may be out of descriptors (EMFILE)', { op: 'protocol' });
+      }
+      if (flags & c.MSG_TRUNC || data.length > MAX_MESSAGE) {
+        throw new DmaBufError('EPROTO', `protocol: a message larger than ${MAX_MESSAGE} bytes was truncated`, { op: 'protocol' });
+      }
+      msg = decode(data);
+    } catch (err) {
+      closeAll(fds);
+      this.badMessages += 1;
+      const e = err as DmaBufError;
+      const pending = headerId !== undefined ? this.#pending.get(headerId) : undefined;
+      if (pending && headerId !== undefined) {
+        this.#pending.delete(headerId);
+        this.#updatePoll();
+        pending.reject(e);
+      } else {
+        this.#handlers.onBadMessage?.(e, headerId);
+      }
+      return;
+    }
+    if (msg.type === MsgType.REPLY || msg.type === MsgType.ERROR) {
+      const pending = this.#pending.get(msg.id);
+      if (!pending) {
+        // A reply to nothing we asked: out of order or forged. Drop it and its descriptors.
+        closeAll(fds);
+        this.badMessages += 1;
+        this.#handlers.onBadMessage?.(new DmaBufError('EPROTO', `protocol: a ${typeName(msg.type)} for request ${msg.id}, which is not pending`, { op: 'protocol' }), undefined);
+        return;
+      }
+      this.#pending.delete(msg.id);
+      this.#updatePoll();
+      if (msg.type === MsgType.ERROR) {
+        closeAll(fds);
+        pending.reject(remoteError(msg, pending.type));
+      } else {
+        pending.resolve({ msg, fds });
+      }
+      return;
+    }
+    this.#handlers.onMessage(msg, fds);
+  }
+}
+
+/** The error an ERROR message carries, as a {@link DmaBufError} of the same code. */
+export function remoteError(msg: Message, requestType: number): DmaBufError {
+  const op = typeName(requestType).toLowerCase();
+  const code = typeof msg.body.code === 'string' && /^E[A-Z0-9]{1,15}$/.test(msg.body.code) ? msg.body.code : 'EPROTO';
+  const text = typeof msg.body.message === 'string' ? msg.body.message.slice(0, 1024) : 'the exporter failed without a message';
+  return new DmaBufError(code, `${text} (answered by the exporter)`, { op });
+}
+
+/** Closes descriptors, ignoring errors (used for unexpected descriptors). */
+export function closeAll(fds: number[]): void {
+  for (const fd of fds) {
+    try {
+      native.close(fd);
+    } catch {
+      // already closed
+    }
+  }
+}
