@@ -89,3 +89,81 @@ export async function withHugePages<T>(pages: number, fn: () => Promise<T>): Pro
     writeFileSync(NR_HUGEPAGES, before);
   }
 }
+
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import path from 'node:path';
+
+/** The package's entry point (compiled), as a file URL for child scripts. */
+export const INDEX_URL = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'index.js')).href;
+/** The native binding module (compiled), as a file URL for child scripts. */
+export const BINDING_URL = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'native', 'binding.js')).href;
+
+/** What a child printed and how it ended. */
+export interface ChildResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** Every stdout line that parses as JSON. */
+  json: unknown[];
+}
+
+/**
+ * Starts `node` on an ES module script (the package is imported as `m`; `native` is the
+ * addon's binding). `fds` become the child's descriptors 3, 4, ...
+ */
+export function startChild(body: string, fds: number[] = [], extraArgs: string[] = []): ChildProcess {
+  const script = `import * as m from ${JSON.stringify(INDEX_URL)};\nimport { native } from ${JSON.stringify(BINDING_URL)};\nconst out = (v) => console.log(JSON.stringify(v, (k, x) => typeof x === 'bigint' ? String(x) : x));\n${body}`;
+  const stdio: StdioOptions = ['pipe', 'pipe', 'pipe', ...fds];
+  return spawn(process.execPath, [...extraArgs, '--no-warnings', '--input-type=module', '-e', script], { stdio });
+}
+
+/** Collects a child's output until it exits. */
+export async function finish(child: ChildProcess): Promise<ChildResult> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  const [code, signal] = (child.exitCode !== null || child.signalCode !== null)
+    ? [child.exitCode, child.signalCode]
+    : (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+  const json: unknown[] = [];
+  for (const line of stdout.split('\n')) {
+    try { json.push(JSON.parse(line)); } catch { /* not JSON */ }
+  }
+  return { code, signal, stdout, stderr, json };
+}
+
+/** Runs a child script to its end. */
+export async function runChild(body: string, fds: number[] = [], extraArgs: string[] = []): Promise<ChildResult> {
+  return finish(startChild(body, fds, extraArgs));
+}
+
+/** Resolves with the first JSON line a child prints that satisfies `pred`. */
+export function nextLine(child: ChildProcess, pred: (v: Record<string, unknown>) => boolean = () => true): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onData = (d: Buffer | string): void => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        try {
+          const v = JSON.parse(line) as Record<string, unknown>;
+          if (pred(v)) { child.stdout?.off('data', onData); child.off('exit', onExit); resolve(v); return; }
+        } catch { /* not JSON */ }
+      }
+    };
+    const onExit = (): void => reject(new Error(`child exited before printing the expected line; output so far: ${buf}`));
+    child.stdout?.on('data', onData);
+    child.once('exit', onExit);
+  });
+}
+
+/** Number of open descriptors of process `pid`. */
+export function fdCountOf(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
