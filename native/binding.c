@@ -1231,6 +1231,67 @@ static napi_value js_pidfd_getfd(napi_env env, napi_callback_info info) {
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* descriptors owned by this environment                                                */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * Descriptors belong to the process, not to a thread: a worker that ends leaves its
+ * descriptors open. The descriptors JS registers here are closed when this environment (the
+ * main thread or a worker) is torn down, as the kernel closes a process's descriptors when it
+ * exits. The set is the environment's instance data.
+ */
+typedef struct {
+  int *fds;
+  size_t len;
+  size_t cap;
+} owned_fds_t;
+
+static void owned_fds_cleanup(void *arg) {
+  owned_fds_t *set = arg;
+  for (size_t i = 0; i < set->len; i++) sys_close(set->fds[i]);
+  free(set->fds);
+  free(set);
+}
+
+static owned_fds_t *owned_fds(napi_env env) {
+  void *data = NULL;
+  if (napi_get_instance_data(env, &data) != napi_ok) return NULL;
+  return data;
+}
+
+static napi_value js_own_fd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  owned_fds_t *set = owned_fds(env);
+  if (set == NULL) return throw_code(env, EIO, "no descriptor set for this environment");
+  if (set->len == set->cap) {
+    size_t cap = set->cap ? set->cap * 2 : 64;
+    int *fds = realloc(set->fds, cap * sizeof(int));
+    if (fds == NULL) return throw_errno(env, "realloc", ENOMEM);
+    set->fds = fds;
+    set->cap = cap;
+  }
+  set->fds[set->len++] = fd;
+  return undefined(env);
+}
+
+static napi_value js_disown_fd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  owned_fds_t *set = owned_fds(env);
+  if (set == NULL) return undefined(env);
+  for (size_t i = set->len; i-- > 0;) {
+    if (set->fds[i] == fd) {
+      set->fds[i] = set->fds[--set->len];
+      break;
+    }
+  }
+  return undefined(env);
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* module                                                                               */
 /* ------------------------------------------------------------------------------------ */
 
@@ -1302,12 +1363,31 @@ static napi_value make_constants(napi_env env) {
 
 #define FN(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL}
 
+static void owned_fds_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)data;
+  (void)hint;
+  /* The cleanup hook frees the set: it runs before instance data is finalized. */
+}
+
 NAPI_MODULE_INIT() {
   napi_value constants = make_constants(env);
   if (constants == NULL) return NULL;
+  owned_fds_t *set = owned_fds(env);
+  if (set == NULL) {
+    set = calloc(1, sizeof(*set));
+    if (set == NULL) {
+      throw_errno(env, "calloc", ENOMEM);
+      return NULL;
+    }
+    NAPI(napi_set_instance_data(env, set, owned_fds_finalize, NULL));
+    NAPI(napi_add_env_cleanup_hook(env, owned_fds_cleanup, set));
+  }
   napi_property_descriptor props[] = {
       FN("memfdCreate", js_memfd_create),
       FN("pollNow", js_poll_now),
+      FN("ownFd", js_own_fd),
+      FN("disownFd", js_disown_fd),
       FN("firstUse", js_first_use),
       FN("addSeals", js_add_seals),
       FN("getSeals", js_get_seals),

@@ -22,3 +22,12 @@ export { SystemHeap, systemHeap, hugePagesAvailable } from './heaps/system.js';
 export type { AllocateOptions, Heap, StorageInfo, SystemBufferPriv } from './heaps/system.js';
 export { CpuDevice } from './devices/cpu.js';
 export { available, unavailableReason } from './native/binding.js';
+// Descriptor-passing helpers (issue 3): buffer channels, servers, worker threads.
+export { BufferChannel, CHANNEL_RECV_MAX_BYTES, CHANNEL_RECV_MAX_FDS } from './transport/channel.js';
+export type { ChannelOperationOptions, ConnectOptions, ReceivedBuffer, ReceivedFd } from './transport/channel.js';
+export { BufferServer } from './transport/server.js';
+export type { ListenOptions, AcceptOptions } from './transport/server.js';
+export { postBuffer, isBufferMessage, receiveBuffer, receiveBufferFd, BUFFER_MESSAGE_MARKER } from './transport/worker.js';
+export type { BufferMessage, MessageTarget } from './transport/worker.js';
+export { encodeChannelMessage, decodeChannelMessage, CHANNEL_MAGIC, CHANNEL_VERSION, CHANNEL_HEADER_SIZE, CHANNEL_MAX_META, ChannelMessageType } from './transport/channel-wire.js';
+export type { ChannelMessage } from './transport/channel-wire.js';

@@ -24,7 +24,7 @@ import type { MemoryObject } from './memory.js';
 import type { DmaDirection } from './direction.js';
 import { DmaBufError } from './errors.js';
 import { SgTable } from './sg-table.js';
-import { native } from '../native/binding.js';
+import { native, own, closeOwned } from '../native/binding.js';
 import { Connection, closeAll, type Reply } from '../transport/connection.js';
 import { ImportedFile } from '../transport/imported-file.js';
 import { MsgType, encode, field, fromRuns, type Message } from '../transport/protocol.js';
@@ -61,7 +61,7 @@ class RemoteMemory implements MemoryObject {
   #drops = new Set<() => void>();
 
   constructor(fd: number, size: number, pageSize: number, writeSealed: boolean) {
-    this.#fd = fd;
+    this.#fd = own(fd);
     this.size = size;
     this.pageSize = pageSize;
     this.writeSealed = writeSealed;
@@ -79,7 +79,7 @@ class RemoteMemory implements MemoryObject {
   /** Closes the memfd; mappings made from it stay valid. */
   closeFd(): void {
     if (this.#fd >= 0) {
-      native.close(this.#fd);
+      closeOwned(this.#fd);
       this.#fd = -1;
     }
   }

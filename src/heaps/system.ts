@@ -15,7 +15,7 @@ import { DmaBufError } from '../core/errors.js';
 import type { MemoryObject } from '../core/memory.js';
 import type { DmaBufOps, OpContext } from '../core/ops.js';
 import { SgTable } from '../core/sg-table.js';
-import { native } from '../native/binding.js';
+import { native, own, closeOwned } from '../native/binding.js';
 
 const EXPORTER = 'system';
 const MEMFD_NAME_MAX = 249;
@@ -51,7 +51,7 @@ class Storage implements MemoryObject {
   /** Invalidates and closes the memfd. */
   free(): void {
     this.invalidate();
-    native.close(this.fd);
+    closeOwned(this.fd);
   }
 }
 
@@ -117,7 +117,7 @@ function allocateStorage(name: string, size: number, pageSize: number): Storage 
   const huge = pageSize > BASE_PAGE_SIZE;
   const bytes = roundUp(size, huge ? HUGE_PAGE_SIZE : BASE_PAGE_SIZE);
   const flags = c.MFD_ALLOW_SEALING | (huge ? c.MFD_HUGETLB | c.MFD_HUGE_2MB : 0);
-  const fd = native.memfdCreate(name, flags);
+  const fd = own(native.memfdCreate(name, flags));
   try {
     native.ftruncate(fd, bytes);
     if (huge) {
@@ -130,7 +130,7 @@ function allocateStorage(name: string, size: number, pageSize: number): Storage 
     native.addSeals(fd, c.F_SEAL_SHRINK | c.F_SEAL_GROW);
     return new Storage(fd, bytes, huge ? HUGE_PAGE_SIZE : BASE_PAGE_SIZE);
   } catch (err) {
-    native.close(fd);
+    closeOwned(fd);
     throw err;
   }
 }

@@ -134,6 +134,14 @@ export interface NativeBinding {
   pollClose(handle: PollHandle): void;
   /** poll(2) of one descriptor with timeout 0: the revents (POLLIN, POLLHUP, POLLRDHUP, ...). */
   pollNow(fd: number, events: number): number;
+  /**
+   * Registers `fd` to be closed when this JavaScript environment (the main thread or a worker)
+   * ends: descriptors belong to the process, and a worker that ends would otherwise leave its
+   * descriptors open (and the buffers they hold alive).
+   */
+  ownFd(fd: number): void;
+  /** Unregisters `fd` (call it before closing `fd`). */
+  disownFd(fd: number): void;
   /** True the first time it is called in this process (every thread shares the flag). */
   firstUse(): boolean;
   /** eventfd(2) with EFD_CLOEXEC | flags. */
@@ -254,4 +262,16 @@ export const native: NativeBinding = loaded.binding ? wrapAll(loaded.binding) : 
 /** Throws `ENODEV` (with the reason) when the addon is unavailable. */
 export function assertAvailable(op: string): void {
   if (!available) throw new DmaBufError('ENODEV', `${op}: dmabuf is not supported here: ${unavailableReason}`, { op });
+}
+
+/** Registers a descriptor this library owns, so that it is closed when the thread ends; returns it. */
+export function own(fd: number): number {
+  native.ownFd(fd);
+  return fd;
+}
+
+/** Closes a descriptor registered with {@link own}. */
+export function closeOwned(fd: number): void {
+  native.disownFd(fd);
+  native.close(fd);
 }

@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { native, type PollHandle } from '../native/binding.js';
+import { native, own, closeOwned, type PollHandle } from '../native/binding.js';
 import { DmaBufError } from '../core/errors.js';
 
 /** A key identifying an open socket (its inode) in this machine: `dev:ino`. */
@@ -60,10 +60,12 @@ export class BufferFile {
     const c = native.constants;
     const [fileFd, serviceFd] = native.socketpair(c.SOCK_SEQPACKET, false);
     try {
+      own(fileFd);
+      own(serviceFd);
       return new BufferFile(fileFd, serviceFd);
     } catch (err) {
-      native.close(fileFd);
-      native.close(serviceFd);
+      closeOwned(fileFd);
+      closeOwned(serviceFd);
       throw err;
     }
   }
@@ -86,7 +88,7 @@ export class BufferFile {
   /** Re-takes the exporter's own reference from a descriptor of the same file. */
   adoptFile(fd: number): void {
     if (this.#fileFd >= 0) return;
-    this.#fileFd = native.dup(fd, true);
+    this.#fileFd = own(native.dup(fd, true));
   }
 
   /** A new descriptor of the file, owned by the caller. */
@@ -99,7 +101,7 @@ export class BufferFile {
   /** Drops the exporter's own descriptor of the file; returns whether end-of-file is now seen. */
   dropFile(): boolean {
     if (this.#fileFd >= 0) {
-      native.close(this.#fileFd);
+      closeOwned(this.#fileFd);
       this.#fileFd = -1;
     }
     return this.checkEof();
@@ -136,11 +138,11 @@ export class BufferFile {
       this.#poll = null;
     }
     if (this.#fileFd >= 0) {
-      native.close(this.#fileFd);
+      closeOwned(this.#fileFd);
       this.#fileFd = -1;
     }
     if (this.#serviceFd >= 0) {
-      native.close(this.#serviceFd);
+      closeOwned(this.#serviceFd);
       this.#serviceFd = -1;
     }
   }

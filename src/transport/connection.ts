@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { native, type PollHandle } from '../native/binding.js';
+import { native, own, closeOwned, type PollHandle } from '../native/binding.js';
 import { DmaBufError } from '../core/errors.js';
 import { MAX_MESSAGE, MsgType, decode, encode, typeName, type Message, type MsgTypeValue } from './protocol.js';
 
@@ -64,7 +64,7 @@ export class Connection {
 
   /** Takes ownership of `fd`, a connected SEQPACKET socket of this process only. */
   constructor(fd: number, handlers: ConnectionHandlers) {
-    this.#fd = fd;
+    this.#fd = own(fd);
     this.#handlers = handlers;
     const c = native.constants;
     this.#poll = native.pollStart(fd, c.UV_READABLE | c.UV_DISCONNECT, (status, events) => this.#onReady(status, events));
@@ -174,7 +174,7 @@ export class Connection {
       native.pollClose(this.#poll);
       this.#poll = null;
     }
-    native.close(this.#fd);
+    closeOwned(this.#fd);
     this.#fd = -1;
     for (const s of this.#queue.splice(0)) s.reject(reason);
     const pending = [...this.#pending.values()];

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { native } from '../native/binding.js';
+import { native, own, closeOwned } from '../native/binding.js';
 import { DmaBufError } from '../core/errors.js';
 
 /** An importer's hold on a buffer's file. */
@@ -15,7 +15,7 @@ export class ImportedFile {
 
   /** Takes its own reference: duplicates `fd` (the caller keeps `fd`). */
   constructor(fd: number, key: string) {
-    this.#fd = native.dup(fd, true);
+    this.#fd = own(native.dup(fd, true));
     this.key = key;
   }
 
@@ -32,7 +32,7 @@ export class ImportedFile {
 
   /** Takes a reference again from another descriptor of the same file. */
   adoptFile(fd: number): void {
-    if (this.#fd < 0) this.#fd = native.dup(fd, true);
+    if (this.#fd < 0) this.#fd = own(native.dup(fd, true));
   }
 
   /** Drops the reference; for an importer the buffer is then done. */
@@ -49,7 +49,7 @@ export class ImportedFile {
   /** Closes the descriptor (idempotent). */
   close(): void {
     if (this.#fd >= 0) {
-      native.close(this.#fd);
+      closeOwned(this.#fd);
       this.#fd = -1;
     }
   }
