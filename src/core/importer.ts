@@ -94,6 +94,11 @@ class RemoteMemory implements MemoryObject {
 
 const channels = new Map<string, ImportChannel>();
 const inFlight = new Map<string, Promise<DmaBuf>>();
+/**
+ * The first handshake with a process that this thread has no channel to yet, by pid: later
+ * handshakes wait for it, so that they reuse its channel instead of each opening one.
+ */
+const firstContact = new Map<number, Promise<unknown>>();
 
 function exporterGone(op: string, channel: ImportChannel): DmaBufError {
   return new DmaBufError('EPIPE', `${op}: the exporter (pid ${channel.pid}) is gone or closed the channel; mappings already made stay valid, new operations are impossible`, { op });
@@ -388,7 +393,21 @@ export async function importBuffer(fd: number, key: string, options: GetOptions,
       return found;
     }
   }
+  let peerPid = 0;
+  try {
+    peerPid = native.peerCred(fd).pid;
+  } catch {
+    // no credentials: no channel to share
+  }
+  const first = firstContact.get(peerPid);
+  if (first && tokensFor(peerPid).length === 0) {
+    await first.catch(() => {});
+  }
   const p = handshake(fd, key, options ?? {});
+  if (peerPid > 0 && tokensFor(peerPid).length === 0 && !firstContact.has(peerPid)) {
+    firstContact.set(peerPid, p);
+    p.then(() => firstContact.delete(peerPid), () => firstContact.delete(peerPid));
+  }
   inFlight.set(key, p);
   try {
     return await p;
