@@ -52,6 +52,7 @@
 #endif
 
 #define MAX_SAFE_INTEGER 9007199254740991.0
+#define MAX_VIEW_LENGTH 4294967296ULL /* V8's largest ArrayBuffer on 64-bit (Node 20) */
 
 /* ------------------------------------------------------------------------------------ */
 /* errors                                                                               */
@@ -893,6 +894,11 @@ static napi_value js_mapping_view(napi_env env, napi_callback_info info) {
   if (!m->owner_alive) return throw_code(env, EBADF, "mappingView: the mapping was unmapped");
   if (!(m->prot & PROT_READ)) {
     return throw_code(env, EACCES, "mappingView: the mapping is not readable (PROT_READ)");
+  }
+  /* V8 refuses ArrayBuffers over 4 GiB; when it does, Node may already have run the
+   * finalizer. Refuse them here, before anything is created. */
+  if (length > MAX_VIEW_LENGTH) {
+    return throw_code(env, ERANGE, "mappingView: a view is at most 4 GiB; map large memory in several views");
   }
   view_t *v = calloc(1, sizeof(*v));
   if (v == NULL) return throw_errno(env, "malloc", ENOMEM);

@@ -129,8 +129,11 @@ export interface DeviceMapping {
    * know it (a device in another process: the importer's table carries the addresses).
    */
   readonly address?: bigint | undefined;
-  /** For CPU devices, a view over the memory (`memory.size` bytes). */
-  readonly view?: Uint8Array;
+  /**
+   * For CPU devices: a view of `length` bytes of the memory at `offset` (zero-copy). A view is
+   * at most 4 GiB (V8's limit); the device's `maxSegmentSize` keeps segments within it.
+   */
+  view?(offset: number, length: number): Uint8Array;
   /** Unmaps: detaches the view, then lets the memory go (or caches it). Idempotent. */
   release(): void;
 }

@@ -197,7 +197,7 @@ const importOps: DmaBufOps<ImportedPriv> = {
         offset,
         length,
         ...(mapping!.address !== undefined ? { address: mapping!.address + BigInt(offset) } : {}),
-        ...(mapping!.view ? { view: mapping!.view.subarray(offset, offset + length) } : {}),
+        ...(mapping!.view ? { view: mapping!.view(offset, length) } : {}),
       })));
       buf.priv.maps.set(sgt, { mapping, memory, map: mapId });
       return sgt;

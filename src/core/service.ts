@@ -21,6 +21,7 @@ import { DmaBufError } from './errors.js';
 import { AsyncLock } from './lock.js';
 import { RemoteDevice } from './remote-device.js';
 import { kAttachRemote, kOnRelease } from './internal.js';
+import { lookup } from './registry.js';
 import { DIRECTIONS, type DmaDirection } from './direction.js';
 import type { SgTable } from './sg-table.js';
 import { native } from '../native/binding.js';
@@ -52,7 +53,12 @@ class ServiceChannel {
     this.token = randomBytes(16).toString('hex');
     this.conn = new Connection(fd, {
       onMessage: (msg, fds) => { closeAll(fds); void this.#handle(msg); },
-      onBadMessage: (err, id) => { if (id) this.#answerError(id, err); },
+      onBadMessage: (err, id, kind) => {
+        // An exporter sends no requests, so a reply reaching it means the channel is not an
+        // importer's (two crossed ends of one pair, say): close it rather than hold it forever.
+        if (kind === 'unexpected-reply') this.conn.close(err);
+        else if (id) this.#answerError(id, err);
+      },
       onClose: () => this.#cleanup(),
     });
     let pid = 0;
@@ -155,13 +161,20 @@ class ServiceChannel {
           if (!entry.att.detached) await entry.att.unmap(sgt).catch(() => {});
           return undefined;
         }
+        let runs;
+        try {
+          runs = toRuns(sgt.segments);
+        } catch (err) {
+          await entry.att.unmap(sgt);
+          throw err;
+        }
         const mapId = this.nextId();
         this.maps.set(mapId, { attachment: attId, sgt });
         entry.maps.add(mapId);
         const { memory, access } = mapping;
         const send = ok({
           map: mapId,
-          segments: toRuns(sgt.segments),
+          segments: runs,
           memory: { size: memory.size, pageSize: memory.pageSize, writeSealed: memory.writeSealed },
           access,
         }, [memory.fd]);
@@ -251,6 +264,15 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[]): void {
       if (info.domain === c.AF_UNIX && info.type === c.SOCK_SEQPACKET) channelFd = fds[0]!;
     } catch {
       // not a socket
+    }
+  }
+  if (channelFd >= 0) {
+    // A descriptor of a buffer's file is no channel: holding it would keep that buffer alive.
+    try {
+      const st = native.fstat(channelFd);
+      if (lookup(`${st.dev}:${st.ino}`)) channelFd = -1;
+    } catch {
+      channelFd = -1;
     }
   }
   if (channelFd < 0) {

@@ -39,7 +39,7 @@ export class CpuDevice extends Device {
 
   /** @throws {DmaBufError} `EINVAL` for a bad constraint. */
   constructor(options: DeviceOptions = {}) {
-    super({ name: 'cpu', ...options });
+    super({ name: 'cpu', ...options, maxSegmentSize: Math.min(options?.maxSegmentSize ?? MAX_VIEW_LENGTH, MAX_VIEW_LENGTH) });
   }
 
   /** Number of mmaps this device keeps cached for reuse (for introspection and tests). */
@@ -77,22 +77,37 @@ export class CpuDevice extends Device {
   }
 }
 
+/** Largest view: V8's largest ArrayBuffer (4 GiB in Node 20). */
+export const MAX_VIEW_LENGTH = 2 ** 32;
+
+/**
+ * A mapping handing out views: one ArrayBuffer over the whole memory when it fits, else one
+ * per requested range. Release detaches every view, then unmaps what it owns.
+ */
 function viewMapping(handle: MappingHandle, size: number, ownsMapping: boolean): DeviceMapping {
-  let ab: ArrayBuffer;
-  try {
-    ab = native.mappingView(handle, 0, size);
-  } catch (err) {
-    if (ownsMapping) native.munmap(handle);
-    throw err;
-  }
+  const views: ArrayBuffer[] = [];
+  let whole: Uint8Array | null = null;
   let released = false;
   return {
     address: native.mappingAddress(handle),
-    view: new Uint8Array(ab),
+    view(offset: number, length: number): Uint8Array {
+      if (released) throw new DmaBufError('EINVAL', 'map: the mapping was released', { op: 'map' });
+      if (size <= MAX_VIEW_LENGTH) {
+        if (!whole) {
+          const ab = native.mappingView(handle, 0, size);
+          views.push(ab);
+          whole = new Uint8Array(ab);
+        }
+        return whole.subarray(offset, offset + length);
+      }
+      const ab = native.mappingView(handle, offset, length);
+      views.push(ab);
+      return new Uint8Array(ab);
+    },
     release() {
       if (released) return;
       released = true;
-      native.detachView(ab);
+      for (const ab of views) native.detachView(ab);
       if (ownsMapping) native.munmap(handle);
     },
   };

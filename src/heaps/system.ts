@@ -268,7 +268,7 @@ const systemOps: DmaBufOps<SystemBufferPriv> = {
           offset,
           length,
           ...(mapping.address !== undefined ? { address: mapping.address + BigInt(offset) } : {}),
-          ...(mapping.view ? { view: mapping.view.subarray(offset, offset + length) } : {}),
+          ...(mapping.view ? { view: mapping.view(offset, length) } : {}),
         });
       }
       const sgt = new SgTable(segments);

@@ -21,7 +21,7 @@ export interface ConnectionHandlers {
   /** A well-formed message that is not a reply to one of our requests. The callee owns `fds`. */
   onMessage(msg: Message, fds: number[]): void;
   /** A malformed message (its descriptors are already closed); `id` when the header had one. */
-  onBadMessage?(err: DmaBufError, id: number | undefined): void;
+  onBadMessage?(err: DmaBufError, id: number | undefined, kind: 'malformed' | 'unexpected-reply'): void;
   /** The connection closed (peer gone, or closed by us); called once. */
   onClose?(reason: DmaBufError): void;
 }
@@ -103,15 +103,35 @@ export class Connection {
    */
   send(type: MsgTypeValue, id: number, body: Record<string, unknown> = {}, fds: number[] = []): Promise<void> {
     if (this.#closed) return Promise.reject(this.#closeReason ?? peerGone('send'));
-    const data = encode(type, id, body);
-    if (this.#queue.length === 0 && this.#trySend(data, fds)) return Promise.resolve();
-    if (this.#queue.length >= MAX_QUEUED_SENDS) {
-      const err = new DmaBufError('EAGAIN', `send: the peer stopped reading (${MAX_QUEUED_SENDS} messages queued); closing the connection`, { op: 'send' });
-      this.close(err);
+    // Never throws: every failure is a rejection. Callers chain `.catch()`, and an exception
+    // thrown here from a poll callback (answering a bad message from a peer that already
+    // closed, EPIPE) would be uncaught and end the process.
+    let data: Buffer;
+    let queued: number[] = [];
+    try {
+      data = encode(type, id, body);
+      if (this.#queue.length === 0 && this.#trySend(data, fds)) return Promise.resolve();
+      if (this.#queue.length >= MAX_QUEUED_SENDS) {
+        const err = new DmaBufError('EAGAIN', `send: the peer stopped reading (${MAX_QUEUED_SENDS} messages queued); closing the connection`, { op: 'send' });
+        this.close(err);
+        return Promise.reject(err);
+      }
+      // The caller keeps (and may close) its descriptors: a queued message sends copies.
+      for (const fd of fds) queued.push(own(native.dup(fd, true)));
+    } catch (err) {
+      closeOwnedAll(queued);
       return Promise.reject(err);
     }
+    const copies = queued;
+    queued = [];
     return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ data, fds, resolve, reject });
+      const done = (): void => closeOwnedAll(copies);
+      this.#queue.push({
+        data,
+        fds: copies,
+        resolve: () => { done(); resolve(); },
+        reject: (err) => { done(); reject(err); },
+      });
       this.#updatePoll();
     });
   }
@@ -211,7 +231,11 @@ export class Connection {
     if (this.#closed) return;
     const c = native.constants;
     if (status < 0) {
-      this.close(new DmaBufError('EIO', `connection: poll failed with status ${status}`, { op: 'poll' }));
+      // libuv reports POLLERR as UV_EBADF and stops watching. On a Unix socket POLLERR means
+      // the peer closed with messages of ours unread (ECONNRESET): read what it sent before
+      // it went; the read then reports it gone (EPIPE), as any other end of the peer does.
+      for (let n = 0; n < 64 && !this.#closed; n++) this.#readAll();
+      if (!this.#closed) this.close(new DmaBufError('EIO', `connection: poll failed with status ${status}`, { op: 'poll' }));
       return;
     }
     if (events & c.UV_WRITABLE) this.#flush();
@@ -255,7 +279,7 @@ export class Connection {
           return;
         }
         this.badMessages += 1;
-        this.#handlers.onBadMessage?.(new DmaBufError('EPROTO', 'protocol: an empty message', { op: 'protocol' }), undefined);
+        this.#handlers.onBadMessage?.(new DmaBufError('EPROTO', 'protocol: an empty message', { op: 'protocol' }), undefined, 'malformed');
         continue;
       }
       this.#receive(r.data, r.fds, r.flags);
@@ -268,7 +292,13 @@ export class Connection {
     const headerId = data.length >= 12 ? data.readUInt32LE(8) : undefined;
     try {
       if (flags & c.MSG_CTRUNC) {
-        throw new DmaBufError('EMFILE', 'protocol: descriptors of a message were dropped (MSG_CTRUNC): this process may be out of descriptors (EMFILE)', { op: 'protocol' });
+        // The kernel installs descriptors until the control buffer is full (the peer sent
+        // more than we accept) or until this process runs out of them (EMFILE): a full
+        // buffer tells the two apart.
+        if (fds.length >= MAX_FDS_PER_MESSAGE) {
+          throw new DmaBufError('EPROTO', `protocol: a message carried more than ${MAX_FDS_PER_MESSAGE} descriptors (MSG_CTRUNC); they were all closed`, { op: 'protocol' });
+        }
+        throw new DmaBufError('EMFILE', 'protocol: descriptors of a message were dropped (MSG_CTRUNC): this process is out of descriptors (EMFILE)', { op: 'protocol' });
       }
       if (flags & c.MSG_TRUNC || data.length > MAX_MESSAGE) {
         throw new DmaBufError('EPROTO', `protocol: a message larger than ${MAX_MESSAGE} bytes was truncated`, { op: 'protocol' });
@@ -284,7 +314,7 @@ export class Connection {
         this.#updatePoll();
         pending.reject(e);
       } else {
-        this.#handlers.onBadMessage?.(e, headerId);
+        this.#handlers.onBadMessage?.(e, headerId, 'malformed');
       }
       return;
     }
@@ -294,7 +324,7 @@ export class Connection {
         // A reply to nothing we asked: out of order or forged. Drop it and its descriptors.
         closeAll(fds);
         this.badMessages += 1;
-        this.#handlers.onBadMessage?.(new DmaBufError('EPROTO', `protocol: a ${typeName(msg.type)} for request ${msg.id}, which is not pending`, { op: 'protocol' }), undefined);
+        this.#handlers.onBadMessage?.(new DmaBufError('EPROTO', `protocol: a ${typeName(msg.type)} for request ${msg.id}, which is not pending`, { op: 'protocol' }), undefined, 'unexpected-reply');
         return;
       }
       this.#pending.delete(msg.id);
@@ -317,6 +347,17 @@ export function remoteError(msg: Message, requestType: number): DmaBufError {
   const code = typeof msg.body.code === 'string' && /^E[A-Z0-9]{1,15}$/.test(msg.body.code) ? msg.body.code : 'EPROTO';
   const text = typeof msg.body.message === 'string' ? msg.body.message.slice(0, 1024) : 'the exporter failed without a message';
   return new DmaBufError(code, `${text} (answered by the exporter)`, { op });
+}
+
+/** Closes descriptors registered with `own`, ignoring errors. */
+function closeOwnedAll(fds: number[]): void {
+  for (const fd of fds) {
+    try {
+      closeOwned(fd);
+    } catch {
+      // already closed
+    }
+  }
 }
 
 /** Closes descriptors, ignoring errors (used for unexpected descriptors). */
