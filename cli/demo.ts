@@ -1,57 +1,179 @@
 /**
- * `dmabuf demo`: a short tour of the framework in one process. An exporter (the system heap)
- * exports a buffer; an importer gets it back from a descriptor, attaches two CPU devices,
- * writes through one and reads through the other, without a copy; then everything is
- * unmapped, detached and put, and the exporter's release runs.
+ * `dmabuf demo`: a producer exports a pool of video-sized frames from the system heap; a
+ * worker thread and a child process import them zero-copy (one descriptor and one map per
+ * frame, once), then verify the checksum of every frame the producer announces with a small
+ * message. The same frames are then sent through the usual copying paths (a worker
+ * `postMessage` and `child_process.send` with advanced serialization), and a table compares
+ * frames per second, bytes copied and peak memory.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { closeSync } from 'node:fs';
-import { CpuDevice, DmaBuf, systemHeap } from '../src/index.js';
+import { Worker } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import { CpuDevice, systemHeap, type DmaBuf, type SgTable } from '../src/index.js';
+import { checksum, paint } from './checksum.js';
+import type { AckMsg, FrameMsg } from './demo-consumer.js';
 
-function fmtBytes(n: number): string {
-  return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`;
+/** Options of the demo. */
+export interface DemoOptions {
+  /** Bytes per frame (default 1920 x 1080 x 4). */
+  frameSize?: number;
+  /** Seconds each pipeline runs (default 4). */
+  seconds?: number;
+  /** Frames in the zero-copy pool (default 4). */
+  pool?: number;
+  /** Where lines go (default stdout). */
+  out?: NodeJS.WritableStream;
 }
 
-/** Runs the demo, printing each step. */
-export async function demo(options: { size?: number; log?: (line: string) => void } = {}): Promise<void> {
-  const size = options.size ?? 16 * 1024 * 1024;
-  const log = options.log ?? ((line: string) => console.log(line));
+/** What one pipeline achieved. */
+export interface PipelineResult {
+  mode: 'zero-copy' | 'copy';
+  frames: number;
+  seconds: number;
+  fps: number;
+  bytesCopied: number;
+  peakRssMiB: { producer: number; child: number };
+  failures: number;
+}
 
-  const exported = systemHeap.allocate(size, { name: 'demo-frame' });
-  log(`1. export  the system heap exported "${exported.name}" (${fmtBytes(size)}); no memory yet (late allocation): allocated=${systemHeap.storage(exported).allocated}`);
+const consumerPath = fileURLToPath(new URL('./demo-consumer.js', import.meta.url));
 
-  const fd = exported.fd();
-  log(`2. fd      descriptor ${fd} of the buffer's file (a socket: it carries the buffer's lifetime)`);
+interface Consumer {
+  name: string;
+  send(msg: FrameMsg | { done: true }, transferCopy?: boolean): void;
+  onMessage(fn: (m: AckMsg & { ready?: boolean; done?: boolean; maxRssKiB?: number }) => void): void;
+  end(): Promise<number>;
+}
 
-  const buf = await DmaBuf.get(fd);
-  closeSync(fd);
-  log(`3. get     the importer got the buffer back from the descriptor (same object in this thread: ${buf === exported}, refs=${buf.refs})`);
+function workerConsumer(mode: 'zero-copy' | 'copy', fds: number[]): Consumer {
+  const worker = new Worker(consumerPath, { workerData: { dmabufDemo: true, mode, fds } });
+  let rss = 0;
+  let finished!: () => void;
+  const done = new Promise<void>((resolve) => { finished = resolve; });
+  return {
+    name: 'worker',
+    send: (m) => worker.postMessage(m),
+    onMessage: (fn) => worker.on('message', (m) => { if (m.done) { rss = m.maxRssKiB; finished(); } fn(m); }),
+    end: async () => { await done; await worker.terminate(); return rss; },
+  };
+}
 
-  const writer = await buf.attach(new CpuDevice({ name: 'writer' }));
-  const reader = await buf.attach(new CpuDevice({ name: 'reader', maxSegmentSize: 1 << 20 }));
-  log(`4. attach  devices attached: ${buf.attachments.map((a) => a.device.name).join(', ')}`);
+function childConsumer(mode: 'zero-copy' | 'copy', fds: number[]): Consumer {
+  const child: ChildProcess = spawn(process.execPath, ['--no-warnings', consumerPath], {
+    stdio: ['ignore', 'inherit', 'inherit', ...fds, 'ipc'],
+    serialization: 'advanced',
+    env: { ...process.env, DMABUF_DEMO_MODE: mode, DMABUF_DEMO_FDS: String(fds.length) },
+  });
+  let rss = 0;
+  return {
+    name: 'child',
+    send: (m) => child.send(m),
+    onMessage: (fn) => child.on('message', (m: AckMsg & { done?: boolean; maxRssKiB?: number }) => { if (m.done) rss = m.maxRssKiB ?? 0; fn(m); }),
+    end: async () => { if (child.exitCode === null) await once(child, 'exit'); return rss; },
+  };
+}
 
-  const t0 = process.hrtime.bigint();
-  const wt = await writer.map('bidirectional');
-  const rt = await reader.map('to-device');
-  const t1 = process.hrtime.bigint();
-  const storage = systemHeap.storage(buf);
-  log(`5. map     writer: ${wt.nents} segment(s); reader: ${rt.nents} segment(s) of at most 1 MiB; storage now allocated: ${fmtBytes(storage.size)} memfd, ${storage.pageSize}-byte pages (${Number(t1 - t0) / 1000} µs)`);
+function mib(kib: number): number {
+  return Math.round(kib / 1024);
+}
 
-  const wv = wt.segments[0]!.view!;
-  const message = Buffer.from('hello from the writer, zero copies');
-  wv.set(message, 0);
-  wv[size - 1] = 0x42;
-  const last = rt.segments[rt.nents - 1]!;
-  const seen = Buffer.from(rt.segments[0]!.view!.subarray(0, message.length)).toString();
-  log(`6. share   writer wrote ${message.length} bytes at offset 0 and one at ${size - 1}; reader reads "${seen}" and 0x${last.view![last.length - 1]!.toString(16)} (same memory: ${wt.segments[0]!.address!.toString(16)} vs ${rt.segments[0]!.address!.toString(16)} are two mappings of it)`);
+async function pipeline(mode: 'zero-copy' | 'copy', o: Required<Omit<DemoOptions, 'out'>>, log: (s: string, final?: boolean) => void): Promise<PipelineResult> {
+  const poolSize = mode === 'zero-copy' ? o.pool : 1;
+  const frames: { buf?: DmaBuf; view: Uint8Array; busy: number }[] = [];
+  const cleanup: (() => Promise<void>)[] = [];
+  const fdsForChild: number[] = [];
+  const fdsForWorker: number[] = [];
+  for (let i = 0; i < poolSize; i++) {
+    if (mode === 'zero-copy') {
+      const buf = systemHeap.allocate(o.frameSize, { name: `demo-frame-${i}` });
+      const att = await buf.attach(new CpuDevice({ name: 'producer' }));
+      const sgt: SgTable = await att.map('bidirectional');
+      frames.push({ buf, view: sgt.segments[0]!.view!, busy: 0 });
+      fdsForChild.push(buf.fd({ cloexec: false }));
+      fdsForWorker.push(buf.fd());
+      cleanup.push(async () => { await att.detach(); buf.put(); });
+    } else {
+      frames.push({ view: new Uint8Array(o.frameSize), busy: 0 });
+    }
+  }
+  const consumers = [workerConsumer(mode, fdsForWorker), childConsumer(mode, fdsForChild)];
+  for (const fd of fdsForChild) closeSync(fd); // the child has its own copies now
+  let acked = 0;
+  let failures = 0;
+  let sent = 0;
+  let bytesCopied = 0;
+  const ready = consumers.map((c) => new Promise<void>((resolve) => c.onMessage((m) => {
+    if (m.ready) { resolve(); return; }
+    if (m.done) return;
+    acked += 1;
+    if (!m.ok) failures += 1;
+    frames[m.slot]!.busy -= 1;
+    wake?.();
+  })));
+  await Promise.all(ready);
+  let wake: (() => void) | null = null;
+  const start = process.hrtime.bigint();
+  const deadline = start + BigInt(Math.round(o.seconds * 1e9));
+  let lastReport = 0n;
+  let frame = 0;
+  while (process.hrtime.bigint() < deadline) {
+    const slot = frame % poolSize;
+    const f = frames[slot]!;
+    while (f.busy > 0) await new Promise<void>((r) => { wake = r; });
+    paint(f.view, frame);
+    const sum = checksum(f.view);
+    f.busy = consumers.length;
+    for (const c of consumers) {
+      if (mode === 'zero-copy') {
+        c.send({ frame, slot, sum });
+      } else {
+        c.send({ frame, slot, sum, data: f.view });
+        bytesCopied += o.frameSize;
+      }
+    }
+    sent += 1;
+    frame += 1;
+    const now = process.hrtime.bigint();
+    if (now - lastReport > 250_000_000n) {
+      lastReport = now;
+      const secs = Number(now - start) / 1e9;
+      log(`  ${mode.padEnd(9)} frames ${String(sent).padStart(5)}  verified ${String(acked).padStart(6)}/${sent * consumers.length}  ${(acked / consumers.length / secs).toFixed(0).padStart(4)} fps`);
+    }
+  }
+  while (acked < sent * consumers.length) await new Promise<void>((r) => { wake = r; });
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  for (const c of consumers) c.send({ done: true });
+  const rss = await Promise.all(consumers.map((c) => c.end()));
+  await Promise.all(cleanup.map((f) => f()));
+  const fps = sent / seconds;
+  log(`  ${mode.padEnd(9)} frames ${String(sent).padStart(5)}  verified ${String(acked).padStart(6)}/${sent * consumers.length}  ${fps.toFixed(0).padStart(4)} fps`, true);
+  return {
+    mode, frames: sent, seconds, fps, bytesCopied, failures,
+    peakRssMiB: { producer: mib(process.resourceUsage().maxRSS), child: mib(rss[1] ?? 0) },
+  };
+}
 
-  await writer.unmap(wt);
-  await reader.unmap(rt);
-  log(`7. unmap   views detached: the writer's stale view now has byteLength ${wv.byteLength}`);
-
-  await writer.detach();
-  await reader.detach();
-  buf.put();
-  exported.put();
-  log(`8. release every reference put and every descriptor closed: released=${exported.released}, storage allocated=${systemHeap.storage(exported).allocated}`);
+/** Runs the demo and prints the comparison. */
+export async function demo(options: DemoOptions = {}): Promise<PipelineResult[]> {
+  const o = { frameSize: options.frameSize ?? 1920 * 1080 * 4, seconds: options.seconds ?? 4, pool: options.pool ?? 4 };
+  const out = options.out ?? process.stdout;
+  const tty = (out as NodeJS.WriteStream).isTTY === true;
+  const log = (line: string, final = false): void => {
+    if (tty) out.write(`\r${line}${final ? '\n' : ''}`);
+    else if (final) out.write(`${line}\n`);
+  };
+  out.write(`dmabuf demo: ${(o.frameSize / 2 ** 20).toFixed(1)} MiB frames to a worker thread and a child process, ${o.seconds} s per pipeline\n`);
+  out.write('zero-copy: the frames are exported once, imported and mapped once; each frame is announced with a small message and checksummed in place\n');
+  const zero = await pipeline('zero-copy', o, log);
+  out.write('copy: the same frames through worker postMessage and child_process.send (advanced serialization)\n');
+  const copy = await pipeline('copy', o, log);
+  const rows = [zero, copy];
+  const fmt = (r: PipelineResult): string =>
+    `| ${r.mode} | ${r.fps.toFixed(1)} | ${r.frames} | ${(r.bytesCopied / 2 ** 20).toFixed(0)} MiB | ${r.peakRssMiB.producer} MiB | ${r.peakRssMiB.child} MiB | ${r.failures} |`;
+  out.write(`\n| pipeline | frames/s | frames | frame bytes copied | producer peak RSS | child peak RSS | checksum failures |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n${rows.map(fmt).join('\n')}\n`);
+  out.write(`\nzero-copy delivered ${(zero.fps / copy.fps).toFixed(1)}x the frames per second, copying ${(copy.bytesCopied / 2 ** 20).toFixed(0)} MiB less.\n`);
+  if (zero.failures + copy.failures > 0) throw new Error(`${zero.failures + copy.failures} frames failed their checksum`);
+  return rows;
 }

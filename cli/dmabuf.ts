@@ -3,29 +3,51 @@
  * The `dmabuf` command: `dmabuf demo` runs the demo; `dmabuf help` lists the commands.
  */
 import { demo } from './demo.js';
+import { tour } from './tour.js';
 import { DmaBufError } from '../src/index.js';
 
 const usage = `usage: dmabuf <command>
 
 commands:
-  demo [--size BYTES]   export a buffer, share it between two CPU devices, print each step
+  demo [--frame-size BYTES] [--seconds S] [--pool N]
+                        frames to a worker and a child process, zero-copy vs copies
+  tour [--size BYTES]   one buffer, step by step: export, fd, get, attach, map, share, release
   help                  this text`;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'demo': {
+      const opts: { frameSize?: number; seconds?: number; pool?: number } = {};
+      for (let i = 0; i < rest.length; i++) {
+        const flag = rest[i];
+        const value = Number(rest[++i]);
+        const key = flag === '--frame-size' ? 'frameSize' : flag === '--seconds' ? 'seconds' : flag === '--pool' ? 'pool' : null;
+        if (!key || !(value > 0) || (key !== 'seconds' && !Number.isSafeInteger(value))) {
+          console.error(`dmabuf demo: bad option ${flag ?? ''} ${rest[i] ?? ''}\n${usage}`);
+          return 2;
+        }
+        opts[key] = value;
+      }
+      await demo(opts);
+      return 0;
+    }
+    case 'tour': {
       let size: number | undefined;
       for (let i = 0; i < rest.length; i++) {
         if (rest[i] === '--size') size = Number(rest[++i]);
-        else { console.error(`dmabuf demo: unknown option ${rest[i]}\n${usage}`); return 2; }
+        else { console.error(`dmabuf tour: unknown option ${rest[i]}\n${usage}`); return 2; }
       }
       if (size !== undefined && (!Number.isSafeInteger(size) || size <= 0)) {
-        console.error('dmabuf demo: --size must be a positive integer');
+        console.error('dmabuf tour: --size must be a positive integer');
         return 2;
       }
-      await demo(size === undefined ? {} : { size });
+      await tour(size === undefined ? {} : { size });
       return 0;
+    }
+    case 'info': { // dmabuf info (cli/info.ts)
+      const { info } = await import('./info.js');
+      return info(rest);
     }
     case 'help': case '--help': case '-h': case undefined:
       console.log(usage);

@@ -31,3 +31,4 @@ export { postBuffer, isBufferMessage, receiveBuffer, receiveBufferFd, BUFFER_MES
 export type { BufferMessage, MessageTarget } from './transport/worker.js';
 export { encodeChannelMessage, decodeChannelMessage, CHANNEL_MAGIC, CHANNEL_VERSION, CHANNEL_HEADER_SIZE, CHANNEL_MAX_META, ChannelMessageType } from './transport/channel-wire.js';
 export type { ChannelMessage } from './transport/channel-wire.js';
+export { introspect } from './core/introspect.js'; // dmabuf info: this thread's snapshot

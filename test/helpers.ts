@@ -114,10 +114,27 @@ export interface ChildResult {
  * Starts `node` on an ES module script (the package is imported as `m`; `native` is the
  * addon's binding). `fds` become the child's descriptors 3, 4, ...
  */
+const liveChildren = new Set<ChildProcess>();
+
+/**
+ * Kills every child started by {@link startChild} that is still running (register it with
+ * node:test's `after`), so that a failed test never leaves a child that keeps the test file's
+ * process alive.
+ */
+export function reapChildren(): void {
+  for (const child of liveChildren) {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }
+  liveChildren.clear();
+}
+
 export function startChild(body: string, fds: number[] = [], extraArgs: string[] = []): ChildProcess {
   const script = `import * as m from ${JSON.stringify(INDEX_URL)};\nimport { native } from ${JSON.stringify(BINDING_URL)};\nconst out = (v) => console.log(JSON.stringify(v, (k, x) => typeof x === 'bigint' ? String(x) : x));\n${body}`;
   const stdio: StdioOptions = ['pipe', 'pipe', 'pipe', ...fds];
-  return spawn(process.execPath, [...extraArgs, '--no-warnings', '--input-type=module', '-e', script], { stdio });
+  const child = spawn(process.execPath, [...extraArgs, '--no-warnings', '--input-type=module', '-e', script], { stdio });
+  liveChildren.add(child);
+  child.once('exit', () => liveChildren.delete(child));
+  return child;
 }
 
 /** Collects a child's output until it exits. */

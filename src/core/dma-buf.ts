@@ -19,6 +19,7 @@ import { native, assertAvailable } from '../native/binding.js';
 import { BufferFile } from '../transport/buffer-file.js';
 import { handleHello } from './service.js';
 import { importBuffer } from './importer.js';
+import { ensureIntrospection } from './introspect.js'; // hook: dmabuf info (introspect.ts)
 
 /** A reference to the buffer's file: the exporter's {@link BufferFile} or an importer's. @internal */
 export interface FileRef {
@@ -182,6 +183,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     this.exporter = info.exporter ?? 'anonymous';
     this.id = nextId++;
     this.#file = file;
+    ensureIntrospection(this as DmaBuf); // hook: dmabuf info listens in threads that export or import (introspect.ts)
     this.#owner = {
       map: (a, d, s) => this.#map(a, d, s),
       unmap: (a, t) => this.#unmap(a, t),

@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { native, type PollHandle, type PeerCred, type RecvResult } from '../native/binding.js';
+import { native, own, closeOwned, type PollHandle, type PeerCred, type RecvResult } from '../native/binding.js';
 import { DmaBuf } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import { decodeChannelMessage, encodeChannelMessage } from './channel-wire.js';
@@ -81,6 +81,16 @@ function closeQuietly(fd: number): void {
     native.close(fd);
   } catch {
     // nothing sensible to do: the descriptor is gone either way
+  }
+}
+
+/** Closes a descriptor registered with own() (closed anyway if this thread ends first). */
+function closeOwnedQuietly(fd: number): void {
+  if (fd < 0) return;
+  try {
+    closeOwned(fd);
+  } catch {
+    // gone either way
   }
 }
 
@@ -157,7 +167,7 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     if (token !== kCreate) {
       throw new DmaBufError('EINVAL', 'new BufferChannel: use BufferChannel.pair(), BufferChannel.fromFd() or BufferChannel.connect()', { op: 'new BufferChannel' });
     }
-    this.#fd = fd;
+    this.#fd = own(fd);
     this.#peer = peer;
     adopted.add(fd);
   }
@@ -290,7 +300,16 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     return this.#peerClosed;
   }
 
-  /** Sends queued and not yet taken by the kernel (they wait for the peer to read). */
+  /**
+   * Sends queued and not yet taken by the kernel (they wait for the peer to read). Each holds
+   * one duplicate descriptor; a producer can use this to stop producing ahead of a slow peer.
+   *
+   * @example
+   * ```ts
+   * const sent = channel.send(frame, { n }).catch(report);
+   * if (channel.pendingSends > 8) await sent; // do not run far ahead of a slow peer
+   * ```
+   */
   get pendingSends(): number {
     return this.#sendQueue.length;
   }
@@ -374,7 +393,9 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
    *   receive gets the next message); `EMFILE` when the kernel dropped the message's
    *   descriptors because this process is out of them; `EINTR` when `options.signal` aborted
    *   the wait (no message was consumed); whatever {@link DmaBuf.get} throws for a descriptor
-   *   that is not a buffer (the message says so; the descriptor is closed).
+   *   that is not a buffer (the message says so; the descriptor is closed). `signal` also
+   *   aborts the import handshake of a buffer from another process (`EINTR`); the message
+   *   is consumed then, and its descriptor closed.
    * @example
    * ```ts
    * const { buffer, meta } = await channel.receive({ signal: AbortSignal.timeout(10_000) });
@@ -384,7 +405,8 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   async receive(options: ChannelOperationOptions = {}): Promise<ReceivedBuffer> {
     const { fd, meta } = await this.#receiveRaw('receive', options);
     try {
-      const buffer = await DmaBuf.get(fd);
+      const signal = options?.signal;
+      const buffer = await DmaBuf.get(fd, signal ? { signal } : {});
       return { buffer, meta };
     } catch (err) {
       const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err), { cause: err });
@@ -460,7 +482,7 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     this.#failAll(closedError('send'), closedError('receive'));
     adopted.delete(fd);
     this.#fd = -1;
-    closeQuietly(fd);
+    closeOwnedQuietly(fd);
     process.nextTick(() => this.emit('close'));
   }
 
@@ -479,6 +501,13 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
 
   #enqueue(data: Uint8Array, fd: number, signal: AbortSignal | undefined): Promise<void> {
     return new Promise<void>((resolve, reject) => {
+      try {
+        own(fd);
+      } catch (err) {
+        closeQuietly(fd);
+        reject(err);
+        return;
+      }
       const item: SendItem = { data, fd, resolve, reject, signal, onAbort: undefined };
       if (signal) {
         item.onAbort = () => this.#abortSend(item);
@@ -522,7 +551,7 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   }
 
   #finishSend(item: SendItem, err: DmaBufError | null): void {
-    closeQuietly(item.fd);
+    closeOwnedQuietly(item.fd);
     item.fd = -1;
     if (item.signal && item.onAbort) item.signal.removeEventListener('abort', item.onAbort);
     if (err) item.reject(err);

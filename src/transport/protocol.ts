@@ -19,6 +19,12 @@ export const HEADER_SIZE = 24;
 export const MAX_MESSAGE = 64 * 1024;
 /** Most runs of segments in a map reply. */
 export const MAX_SEGMENT_RUNS = 2048;
+/**
+ * Most segments a map reply may describe once its runs are expanded. Runs compress a table,
+ * so without this bound a reply of a few bytes (`[[0, 1, 1e9]]`) would make the importer
+ * allocate a billion segments and die of memory exhaustion.
+ */
+export const MAX_SEGMENTS = 1 << 20;
 
 /** Message types. */
 export const MsgType = {
@@ -171,24 +177,29 @@ export function toRuns(segments: readonly { offset: number; length: number }[]):
   if (runs.length > MAX_SEGMENT_RUNS) {
     throw new DmaBufError('EMSGSIZE', `protocol: a table of ${runs.length} irregular runs of segments exceeds the limit of ${MAX_SEGMENT_RUNS}`, { op: 'protocol' });
   }
+  if (segments.length > MAX_SEGMENTS) {
+    throw new DmaBufError('EMSGSIZE', `protocol: a table of ${segments.length} segments exceeds the limit of ${MAX_SEGMENTS} a map for another thread or process may carry`, { op: 'protocol' });
+  }
   return runs;
 }
 
 /**
  * Expands and checks runs: every segment inside `[0, size)`, ascending, not overlapping, at
- * most `maxSegments` segments.
+ * most `maxSegments` segments and never more than {@link MAX_SEGMENTS} (checked before any
+ * run is expanded).
  *
  * @throws {DmaBufError} `EPROTO` for anything else.
  */
 export function fromRuns(runs: unknown, size: number, maxSegments: number): { offset: number; length: number }[] {
   if (!Array.isArray(runs) || runs.length === 0 || runs.length > MAX_SEGMENT_RUNS) throw protoError('field "segments" must be a non-empty array of runs');
+  const limit = Math.min(maxSegments, MAX_SEGMENTS);
   const out: { offset: number; length: number }[] = [];
   let end = 0;
   for (const r of runs) {
     if (!Array.isArray(r) || r.length !== 3 || !r.every((n) => Number.isSafeInteger(n) && n >= 0)) throw protoError('a run of segments must be [offset, length, count]');
     const [offset, length, count] = r as number[];
     if (length! <= 0 || count! <= 0 || offset! < end || offset! + length! * count! > size) throw protoError('a run of segments lies outside the buffer or overlaps another');
-    if (out.length + count! > maxSegments) throw protoError(`the table has more than ${maxSegments} segments`);
+    if (out.length + count! > limit) throw protoError(`the table has more than ${limit} segments`);
     for (let i = 0; i < count!; i++) out.push({ offset: offset! + i * length!, length: length! });
     end = offset! + length! * count!;
   }

@@ -6,7 +6,8 @@
  * @module
  */
 import { lstatSync, unlinkSync, type Stats } from 'node:fs';
-import { native, type PollHandle } from '../native/binding.js';
+import { resolve as resolvePath } from 'node:path';
+import { native, own, closeOwned, type PollHandle } from '../native/binding.js';
 import { DmaBufError } from '../core/errors.js';
 import { BufferChannel } from './channel.js';
 import { abortError, checkSignal, displayAddress, isAbstract, normalizeAddress } from './unix-util.js';
@@ -132,7 +133,7 @@ export class BufferServer implements AsyncIterable<BufferChannel>, AsyncDisposab
     if (token !== kCreate) {
       throw new DmaBufError('EINVAL', 'new BufferServer: use BufferServer.listen()', { op: 'new BufferServer' });
     }
-    this.#fd = fd;
+    this.#fd = own(fd);
     this.#address = address;
     this.#created = created;
   }
@@ -177,7 +178,8 @@ export class BufferServer implements AsyncIterable<BufferChannel>, AsyncDisposab
       }
       if (!isAbstract(addr)) {
         const st = lstatSync(addr);
-        created = { path: addr, dev: st.dev, ino: st.ino };
+        // Absolute, so that close() removes the right file even if the cwd changed meanwhile.
+        created = { path: resolvePath(addr), dev: st.dev, ino: st.ino };
       }
       native.listen(fd, backlog);
       return new BufferServer(kCreate, fd, addr, created);
@@ -188,7 +190,15 @@ export class BufferServer implements AsyncIterable<BufferChannel>, AsyncDisposab
     }
   }
 
-  /** The address: the path, or `'\0name'` for an abstract name. */
+  /**
+   * The address as given (a path, or `'\0name'` for an abstract name, also when given as
+   * `'@name'`): what {@link BufferChannel.connect} takes.
+   *
+   * @example
+   * ```ts
+   * const client = await BufferChannel.connect(server.address);
+   * ```
+   */
   get address(): string {
     return this.#address;
   }
@@ -275,7 +285,11 @@ export class BufferServer implements AsyncIterable<BufferChannel>, AsyncDisposab
       this.#poll = null;
     }
     for (const w of this.#waiters.splice(0)) this.#settle(w, this.#closedError('accept'));
-    closeQuietly(this.#fd);
+    try {
+      closeOwned(this.#fd);
+    } catch {
+      // gone either way
+    }
     this.#fd = -1;
     if (this.#created) unlinkIfOurs(this.#created);
     this.#created = null;

@@ -1,13 +1,15 @@
 /**
  * Many importers at once, many cycles, migration across processes.
  */
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CpuDevice, HUGE_PAGE_SIZE, systemHeap } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
-import { canManageHugePages, fdCountOf, finish, nextLine, openFdCount, startChild, waitFor, withHugePages } from '../helpers.js';
+import { canManageHugePages, fdCountOf, reapChildren, finish, nextLine, openFdCount, startChild, waitFor, withHugePages } from '../helpers.js';
+
+after(reapChildren);
 
 function keepAlive(): { [Symbol.dispose](): void } {
   const t = setInterval(() => {}, 1000);

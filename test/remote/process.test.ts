@@ -2,14 +2,16 @@
  * Sharing with other processes: real child processes import, map and write buffers exported
  * here, and the exporter stays in charge of them.
  */
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync } from 'node:fs';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CpuDevice, DmaBuf, DmaBufError, O_RDONLY, systemHeap, type DmaBuf as Buf } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
-import { INDEX_URL, finish, nextLine, runChild, startChild, waitFor } from '../helpers.js';
+import { INDEX_URL, finish, reapChildren, nextLine, runChild, startChild, waitFor } from '../helpers.js';
+
+after(reapChildren);
 
 /** Fills a buffer of the system heap through a CPU map. */
 async function fill(buf: Buf, fn: (view: Uint8Array) => void): Promise<void> {

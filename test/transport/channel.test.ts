@@ -3,6 +3,8 @@
  * injected on the raw peer socket, peer close, close, child processes.
  */
 import { test } from 'node:test';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
 import assert from 'node:assert/strict';
 import { closeSync, fstatSync } from 'node:fs';
 import { setImmediate as immediate, setTimeout as sleep } from 'node:timers/promises';
@@ -10,7 +12,7 @@ import { BufferChannel, DmaBuf, DmaBufError, CpuDevice, systemHeap } from '../..
 import { native } from '../../src/native/binding.js';
 import { encodeChannelMessage } from '../../src/transport/channel-wire.js';
 import { recordingExport } from '../helpers.js';
-import { assertSameFds, finish, isCode, openFds, runChild, startChild } from './util.js';
+import { INDEX_URL, assertSameFds, settleFds, finish, isCode, openFds, runChild, startChild } from './util.js';
 
 const K = native.constants;
 
@@ -58,7 +60,7 @@ test('send/receive in one thread returns the same DmaBuf with one more reference
     buf.put();
   }
   assert.equal(log.released, 1);
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('the caller may put the buffer right after send: the message holds the file', async () => {
@@ -81,7 +83,7 @@ test('the caller may put the buffer right after send: the message holds the file
   // Last descriptor gone: release runs from the event loop.
   for (let i = 0; i < 200 && log.released === 0; i++) await sleep(5);
   assert.equal(log.released, 1);
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('sendFd/receiveFd pass raw descriptors in FIFO order with their metadata', async () => {
@@ -111,7 +113,7 @@ test('sendFd/receiveFd pass raw descriptors in FIFO order with their metadata', 
     b.close();
     for (const fd of memfds) native.close(fd);
   }
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('the async iterator yields buffers until the peer closes', async () => {
@@ -134,7 +136,7 @@ test('the async iterator yields buffers until the peer closes', async () => {
     b.close();
     buf.put();
   }
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('bad arguments: not a buffer, a put buffer, unclonable or oversized meta, closed fd, bad signal', async () => {
@@ -162,7 +164,7 @@ test('bad arguments: not a buffer, a put buffer, unclonable or oversized meta, c
     b.close();
     buf.put();
   }
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('backpressure: 1500 sends to a peer that does not read wait, keep the loop running, then complete in order', async () => {
@@ -205,7 +207,7 @@ test('backpressure: 1500 sends to a peer that does not read wait, keep the loop 
     b.close();
     native.close(memfd);
   }
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('abort of a queued send rejects with EINTR, closes its duplicate, and the message never arrives', async () => {
@@ -271,7 +273,7 @@ test('abort of a waiting receive rejects with EINTR and consumes nothing', async
     b.close();
     native.close(memfd);
   }
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('malformed messages on the raw socket reject with EPROTO, close every descriptor, and the channel goes on', async () => {
@@ -316,9 +318,9 @@ test('malformed messages on the raw socket reject with EPROTO, close every descr
     assert.deepEqual(meta, { ok: true });
     assert.equal(native.fstat(fd).ino, native.fstat(memfds[1]!).ino);
     native.close(fd);
-    assertSameFds(before);
+    await settleFds(before);
   });
-  assertSameFds(outer);
+  await settleFds(outer);
   for (const fd of memfds) native.close(fd);
 });
 
@@ -333,7 +335,7 @@ test('a received descriptor that is not a buffer: receive rejects with get\'s co
     a.close();
     b.close();
   }
-  assertSameFds(before);
+  await settleFds(before);
   native.close(memfd);
 });
 
@@ -379,7 +381,7 @@ test('peer close: queued messages are still delivered, then receives reject with
     b.close();
     native.close(memfd);
   }
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('close: idempotent; pending and later operations reject with EPIPE; queued duplicates are closed', async () => {
@@ -411,18 +413,18 @@ test('close: idempotent; pending and later operations reject with EPIPE; queued 
   for (let i = 0; i < n - 1; i++) native.close((await b.receiveFd()).fd);
   await assert.rejects(b.receiveFd(), isCode('EPIPE'));
   b.close();
-  assertSameFds(before);
+  await settleFds(before);
   // await using closes too.
   {
     const [c, d] = channelPair();
     await using _c = c;
     await using _d = d;
   }
-  assertSameFds(before);
+  await settleFds(before);
   native.close(memfd);
 });
 
-test('fromFd validates: closed, not a socket, another socket type, unconnected, already adopted', () => {
+test('fromFd validates: closed, not a socket, another socket type, unconnected, already adopted', async () => {
   const before = openFds();
   const memfd = native.memfdCreate('x', 0);
   const [s1, s2] = native.socketpair(K.SOCK_STREAM, false);
@@ -450,7 +452,7 @@ test('fromFd validates: closed, not a socket, another socket type, unconnected, 
     native.close(s2);
     native.close(lone);
   }
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('an idle channel does not keep the process alive; a pending receive does until a message comes', async () => {
@@ -543,8 +545,7 @@ test('a child process receives buffers over its fd 3 (same file, same contents) 
   }
   for (let i = 0; i < 400 && !buf.released; i++) await sleep(5);
   assert.equal(buf.released, true);
-  for (let i = 0; i < 400 && openFds().size !== before.size; i++) await sleep(5);
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('descriptors dropped by the kernel (receiver out of descriptors: MSG_CTRUNC) reject with EMFILE', async () => {
@@ -579,4 +580,81 @@ test('descriptors dropped by the kernel (receiver out of descriptors: MSG_CTRUNC
     ch.close();
     native.close(memfd);
   }
+});
+
+test('a worker thread that ends without closing its channel: the peer sees EPIPE, nothing leaks', async () => {
+  const before = openFds();
+  const memfd = native.memfdCreate('worker-end', 0);
+  const [ch, theirs] = BufferChannel.pair();
+  const worker = new Worker(`
+    const { workerData, parentPort } = require('node:worker_threads');
+    const { closeSync } = require('node:fs');
+    import(workerData.index).then(async (m) => {
+      const ch = m.BufferChannel.fromFd(workerData.fd);
+      const { fd, meta } = await ch.receiveFd();
+      await ch.sendFd(fd, { echo: meta });
+      closeSync(fd);
+      parentPort.postMessage('done'); // and end without ch.close()
+    });
+  `, { eval: true, workerData: { index: INDEX_URL, fd: theirs } });
+  try {
+    await ch.sendFd(memfd, 'ping');
+    const back = await ch.receiveFd();
+    assert.deepEqual(back.meta, { echo: 'ping' });
+    native.close(back.fd);
+    await once(worker, 'message');
+    await worker.terminate();
+    await assert.rejects(ch.receiveFd({ signal: AbortSignal.timeout(5000) }), isCode('EPIPE', /peer closed/));
+  } finally {
+    ch.close();
+    native.close(memfd);
+  }
+  await settleFds(before);
+});
+
+test('fuzz: random and mutated messages with 0 to 6 descriptors never crash, never leak, and only EPROTO', async () => {
+  const memfds = Array.from({ length: 6 }, (_, i) => native.memfdCreate(`fuzz-${i}`, 0));
+  const outer = openFds();
+  let seed = 4242;
+  const rand = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  await withRawPeer(async (ch, peer) => {
+    const before = openFds();
+    let good = 0;
+    let bad = 0;
+    for (let i = 0; i < 400; i++) {
+      let data: Uint8Array;
+      const kind = rand(3);
+      if (kind === 0) {
+        data = Uint8Array.from({ length: rand(80) }, () => rand(256));
+      } else {
+        data = Uint8Array.from(encodeChannelMessage({ i, s: 'x'.repeat(rand(40)) }));
+        if (kind === 2) {
+          for (let f = 1 + rand(3); f > 0; f--) data[rand(data.length)] = rand(256);
+          if (rand(3) === 0) data = data.subarray(0, rand(data.length + 1));
+        }
+      }
+      const fds = memfds.slice(0, rand(7));
+      if (data.length === 0 && fds.length === 0) fds.push(memfds[0]!);
+      native.sendmsg(peer, data, fds, 0);
+      try {
+        const { fd, meta } = await ch.receiveFd();
+        assert.equal(fds.length, 1);
+        assert.equal(native.fstat(fd).ino, native.fstat(fds[0]!).ino);
+        native.close(fd);
+        assert.equal((meta as { i: number }).i, i);
+        good++;
+      } catch (e) {
+        isCode('EPROTO')(e);
+        bad++;
+      }
+      if (i % 50 === 0) assertSameFds(before, `after message ${i}`);
+    }
+    assert.ok(good > 20 && bad > 100, `good ${good}, bad ${bad}`);
+    await settleFds(before);
+  });
+  await settleFds(outer);
+  for (const fd of memfds) native.close(fd);
 });

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BufferChannel, BufferServer } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
 import { recordingExport } from '../helpers.js';
-import { assertSameFds, finish, isCode, openFds, runChild, startChild } from './util.js';
+import { settleFds, finish, isCode, openFds, runChild, startChild } from './util.js';
 
 const K = native.constants;
 
@@ -70,7 +70,7 @@ test('listen/accept/connect on an abstract name ("@name" and "\\0name" are the s
   }
   // Gone with the socket.
   await assert.rejects(BufferChannel.connect(name), isCode('ECONNREFUSED', /nobody listens/));
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('listen/accept/connect on a path; close removes the socket file', async () => {
@@ -87,7 +87,7 @@ test('listen/accept/connect on a path; close removes the socket file', async () 
     }
     assert.equal(existsSync(file), false, 'close unlinks the path it created');
     await assert.rejects(BufferChannel.connect(file), isCode('ENOENT', /does not exist/));
-    assertSameFds(before);
+    await settleFds(before);
   });
 });
 
@@ -132,7 +132,7 @@ test('a stale socket file (nobody listening) is replaced; a live one or a non-so
     }
     // A directory that does not exist.
     assert.throws(() => BufferServer.listen(path.join(dir, 'no', 'such', 'dir.sock')), isCode('ENOENT'));
-    assertSameFds(before);
+    await settleFds(before);
   });
 });
 
@@ -193,7 +193,7 @@ test('accept: FIFO waiters, abort with EINTR, close rejects waiting accepts with
   const pending = waiting.accept();
   waiting.close();
   await assert.rejects(pending, isCode('EPIPE'));
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('connect waits while the backlog is full and can be aborted; await using closes', async () => {
@@ -227,7 +227,7 @@ test('connect waits while the backlog is full and can be aborted; await using cl
     await assert.rejects(BufferChannel.connect(name, { signal: AbortSignal.abort() }), isCode('EINTR'));
   }
   await assert.rejects(BufferChannel.connect(name), isCode('ECONNREFUSED'));
-  assertSameFds(before);
+  await settleFds(before);
 });
 
 test('an idle server does not keep the process alive; a waiting accept does', async () => {
@@ -287,6 +287,6 @@ test('a client in another process connects by path and exchanges buffers with th
       server.close();
       buf.put();
     }
-    assertSameFds(before);
+    await settleFds(before);
   });
 });

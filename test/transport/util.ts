@@ -5,6 +5,7 @@
 import { readdirSync, readlinkSync } from 'node:fs';
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { DmaBufError } from '../../src/index.js';
@@ -37,6 +38,21 @@ export function assertSameFds(before: Set<number>, what = 'descriptors'): void {
   if (extra.length || missing.length) {
     throw new Error(`${what}: leaked [${extra.join(', ')}], missing [${missing.join(', ')}]`);
   }
+}
+
+/**
+ * Waits (up to `ms`) for the open descriptors to return to `before`, then checks them. Some
+ * clean-up happens on the event loop (a release after the last descriptor closes, the
+ * thread's introspection listener closing with its last buffer).
+ */
+export async function settleFds(before: Set<number>, what = 'descriptors', ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  const same = (): boolean => {
+    const now = openFds();
+    return now.size === before.size && [...now].every((fd) => before.has(fd));
+  };
+  while (!same() && Date.now() < end) await sleep(5);
+  assertSameFds(before, what);
 }
 
 function safeLink(fd: number): string {

@@ -1,0 +1,447 @@
+/**
+ * Introspection: what this thread exports and imports, for `dmabuf info` (the user-space
+ * `dmabuf_dump`).
+ *
+ * {@link introspect} describes this thread: the buffers it exported (with their attachments,
+ * maps and storage), the buffers it imported from other threads and processes, and its
+ * channels. {@link ensureIntrospection}, called by the framework at the first export or get
+ * of a thread, makes the description reachable from other processes without any registry
+ * file: the thread listens on the abstract Unix socket `\0dmabuf-info.<pid>.<threadId>`
+ * (listed in `/proc/net/unix` as `@dmabuf-info.<pid>.<threadId>`) and answers every
+ * connection with one JSON snapshot, then closes it. Only peers of the same effective user, or
+ * root, get an answer (checked with `SO_PEERCRED`); others are closed without data.
+ *
+ * The thread listens only while it has buffers (exported or imported, not yet released): the
+ * listener starts with the first and closes with the last, so a thread without buffers holds
+ * no descriptor for it. It never keeps the process alive (its watcher is unref'd) and goes
+ * away with the thread (its descriptor is closed at the thread's end). Set `DMABUF_INFO=0` in
+ * the environment to disable it. Introspection never makes an export or a get fail.
+ *
+ * @module
+ */
+import { threadId, isMainThread } from 'node:worker_threads';
+import type { DmaBuf } from './dma-buf.js';
+import type { DeviceConstraints } from './device.js';
+import type { DmaDirection } from './direction.js';
+import { RemoteDevice } from './remote-device.js';
+import { kMaps, kOnRelease } from './internal.js';
+import { registered } from './registry.js';
+import { serviceChannels } from './service.js';
+import { importChannels } from './importer.js';
+import { native, own, closeOwned, available, type PollHandle } from '../native/binding.js';
+
+/** Version of the snapshot format; bumped on incompatible changes. */
+export const SNAPSHOT_VERSION = 1;
+/** Prefix of the abstract socket names (without the leading NUL). */
+export const INTROSPECTION_PREFIX = 'dmabuf-info.';
+/** Most connections answered at once; more are closed without data until some finish. */
+export const MAX_INTROSPECTION_CLIENTS = 16;
+/** A client that has not read its snapshot in this time is dropped, in milliseconds. */
+export const INTROSPECTION_SEND_TIMEOUT = 5000;
+
+/** One attachment of a buffer: the device and its live maps. */
+export interface AttachmentSnapshot {
+  /** The device's name (a remote device is named `<name>@<pid>` by the exporter's service). */
+  device: string;
+  /** The device's kind (`'cpu'`, `'remote-cpu'`, ...). */
+  kind: string;
+  /** The device's constraints. */
+  constraints: DeviceConstraints;
+  /** For the device of an importer in another thread or process: that process's id. */
+  pid?: number;
+  /** Live maps of this attachment. */
+  maps: number;
+  /** The direction of each live map. */
+  directions: DmaDirection[];
+}
+
+/** The backing storage of a buffer, for exporters whose private data exposes it. */
+export interface StorageSnapshot {
+  /** Whether storage exists (false before the first map: late allocation). */
+  allocated: boolean;
+  /** Bytes of storage (0 when not allocated). */
+  size: number;
+  /** 4096, or 2 MiB for hugetlb storage (0 when not allocated). */
+  pageSize: number;
+  /** Whether the storage lives on hugetlbfs. */
+  hugetlb: boolean;
+  /** Whether the storage is sealed against writes. */
+  writeSealed: boolean;
+  /** How many times storage was allocated or moved (migration). */
+  generation: number;
+  /** `dev:ino` of the storage's memfd (matches `/proc/PID/maps` and `/proc/PID/fd`), or null. */
+  file: string | null;
+}
+
+/** A buffer this thread exported. */
+export interface ExportedSnapshot {
+  /** The buffer's id in this thread. */
+  id: number;
+  name: string;
+  exporter: string;
+  size: number;
+  /** `O_RDWR` or `O_RDONLY` (with `O_CLOEXEC` if given). */
+  flags: number;
+  /** JavaScript references held in this thread. */
+  refs: number;
+  released: boolean;
+  sealed: boolean;
+  /** `dev:ino` of the buffer's file (a socket): the same in every process that holds it. */
+  key: string;
+  /** The storage, when the exporter's private data exposes it (the system heap's does). */
+  storage?: StorageSnapshot;
+  attachments: AttachmentSnapshot[];
+  /** Live maps over every attachment. */
+  maps: number;
+}
+
+/** A buffer this thread imported from another thread or process. */
+export interface ImportedSnapshot {
+  /** The buffer's id in this thread. */
+  id: number;
+  name: string;
+  exporter: string;
+  size: number;
+  flags: number;
+  refs: number;
+  sealed: boolean;
+  /** `dev:ino` of the buffer's file: the exporter's key. */
+  key: string;
+  /** The exporter's process id. */
+  exporterPid: number;
+  attachments: AttachmentSnapshot[];
+  maps: number;
+}
+
+/** One snapshot of a thread. */
+export interface Snapshot {
+  /** {@link SNAPSHOT_VERSION}. */
+  version: number;
+  /** The process id, as this process sees it. */
+  pid: number;
+  /** `worker_threads.threadId` (0 for the main thread). */
+  threadId: number;
+  isMainThread: boolean;
+  /** `process.title`, and the script (`process.argv[1]`), to recognise the process. */
+  title: string;
+  script: string;
+  /** When the snapshot was taken (milliseconds since the epoch). */
+  time: number;
+  exported: ExportedSnapshot[];
+  imported: ImportedSnapshot[];
+  /** This thread's service channels: one per importer thread, with what it holds. */
+  serviceChannels: { pid: number; buffers: number; attachments: number; maps: number }[];
+  /** This thread's channels to exporter threads. */
+  importChannels: { pid: number; closed: boolean }[];
+}
+
+interface ImportedPrivLike {
+  channel: { token: string };
+  handle: number;
+  pid: number;
+  maps: Map<unknown, unknown>;
+}
+
+/** The importer's private data (see importer.ts), recognised by its shape and a live channel token. */
+function importedPriv(buf: DmaBuf, tokens: ReadonlySet<string>): ImportedPrivLike | null {
+  const p = buf.priv as Partial<ImportedPrivLike> | null;
+  if (typeof p !== 'object' || p === null) return null;
+  const ch = p.channel as { token?: unknown } | undefined;
+  if (typeof ch !== 'object' || ch === null || typeof ch.token !== 'string') return null;
+  if (typeof p.handle !== 'number' || typeof p.pid !== 'number' || !(p.maps instanceof Map)) return null;
+  return tokens.has(ch.token) ? (p as ImportedPrivLike) : null;
+}
+
+function fileKeyOf(fd: number): string | null {
+  try {
+    const st = native.fstat(fd);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return null;
+  }
+}
+
+interface MemoryLike { fd: number; size: number; pageSize: number; writeSealed: boolean }
+
+/**
+ * The storage of an exporter whose private data has `storage` (a MemoryObject, or null before
+ * the first map) and `generation`, as the system heap's has. The core knows no heap: this is a
+ * shape, not an import.
+ */
+function storageOf(buf: DmaBuf): StorageSnapshot | undefined {
+  const p = buf.priv as { storage?: unknown; generation?: unknown } | null;
+  if (typeof p !== 'object' || p === null || !('storage' in p) || typeof p.generation !== 'number') return undefined;
+  const s = p.storage as Partial<MemoryLike> | null;
+  if (s === null || s === undefined) {
+    return { allocated: false, size: 0, pageSize: 0, hugetlb: false, writeSealed: false, generation: p.generation, file: null };
+  }
+  if (typeof s !== 'object' || typeof s.fd !== 'number' || typeof s.size !== 'number' || typeof s.pageSize !== 'number') return undefined;
+  let hugetlb = false;
+  try {
+    hugetlb = native.fstatfsType(s.fd) === native.constants.HUGETLBFS_MAGIC;
+  } catch {
+    // closed under us: leave false
+  }
+  return {
+    allocated: true,
+    size: s.size,
+    pageSize: s.pageSize,
+    hugetlb,
+    writeSealed: s.writeSealed === true,
+    generation: p.generation,
+    file: fileKeyOf(s.fd),
+  };
+}
+
+function attachmentsOf(buf: DmaBuf): AttachmentSnapshot[] {
+  return buf.attachments.map((a) => {
+    const directions = [...a[kMaps].values()];
+    const c = a.device.constraints;
+    const out: AttachmentSnapshot = {
+      device: a.device.name,
+      kind: a.device.kind,
+      constraints: { maxSegmentSize: c.maxSegmentSize, maxSegments: c.maxSegments, segmentAlignment: c.segmentAlignment, pageSize: c.pageSize },
+      maps: directions.length,
+      directions,
+    };
+    if (a.device instanceof RemoteDevice) out.pid = a.device.pid;
+    return out;
+  });
+}
+
+/**
+ * Describes this thread: its exported and imported buffers and its channels. Works in any
+ * thread, whether or not it listens for `dmabuf info`.
+ *
+ * @example
+ * ```ts
+ * const snap = introspect();
+ * for (const b of snap.exported) console.log(b.name, b.size, b.attachments.length);
+ * ```
+ */
+export function introspect(): Snapshot {
+  const tokens = new Set(importChannelTokens());
+  const exported: ExportedSnapshot[] = [];
+  const imported: ImportedSnapshot[] = [];
+  for (const entry of registered()) {
+    const buf = entry as DmaBuf;
+    if (typeof buf !== 'object' || buf === null || typeof buf.size !== 'number') continue;
+    const attachments = attachmentsOf(buf);
+    const maps = attachments.reduce((n, a) => n + a.maps, 0);
+    const ip = importedPriv(buf, tokens);
+    if (ip) {
+      imported.push({
+        id: buf.id, name: buf.name, exporter: buf.exporter, size: buf.size, flags: buf.flags,
+        refs: buf.refs, sealed: buf.sealed, key: buf.key, exporterPid: ip.pid, attachments, maps,
+      });
+      continue;
+    }
+    const snap: ExportedSnapshot = {
+      id: buf.id, name: buf.name, exporter: buf.exporter, size: buf.size, flags: buf.flags,
+      refs: buf.refs, released: buf.released, sealed: buf.sealed, key: buf.key, attachments, maps,
+    };
+    const storage = storageOf(buf);
+    if (storage) snap.storage = storage;
+    exported.push(snap);
+  }
+  return {
+    version: SNAPSHOT_VERSION,
+    pid: process.pid,
+    threadId,
+    isMainThread,
+    title: process.title,
+    script: process.argv[1] ?? '',
+    time: Date.now(),
+    exported,
+    imported,
+    serviceChannels: serviceChannels().map(({ pid, buffers, attachments, maps }) => ({ pid, buffers, attachments, maps })),
+    importChannels: importChannels().map(({ pid, closed }) => ({ pid, closed })),
+  };
+}
+
+function importChannelTokens(): string[] {
+  return importChannels().filter((c) => !c.closed).map((c) => c.token);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The listener
+
+interface Listener {
+  fd: number;
+  poll: PollHandle;
+  name: string;
+}
+
+let listener: Listener | null = null;
+/** Set when introspection is off in this thread (no addon, `DMABUF_INFO=0`, every name taken). */
+let disabled = false;
+/** Buffers of this thread (exported or imported) not yet released. */
+let live = 0;
+let clients = 0;
+let scheduled: NodeJS.Immediate | null = null;
+
+/** The abstract name this thread listens on (without the leading NUL), or null. */
+export function introspectionAddress(): string | null {
+  return listener ? listener.name : null;
+}
+
+/**
+ * Called by the framework for every buffer created in this thread (exported or imported):
+ * starts this thread's introspection listener if it is not running, and stops it when the
+ * last such buffer is released, so that a thread without buffers holds no descriptor for it.
+ * Never throws: when sockets are unavailable or the names are taken, the thread simply is
+ * not listed by `dmabuf info`.
+ */
+export function ensureIntrospection(buf: DmaBuf): void {
+  try {
+    if (disabled) return;
+    if (!available || process.env.DMABUF_INFO === '0') {
+      disabled = true;
+      return;
+    }
+    live += 1;
+    buf[kOnRelease](onBufferReleased);
+    // Listening costs a few syscalls: never in the middle of an export or a get (a hand-off's
+    // latency), but right after, once the event loop turns.
+    if (!listener && !scheduled) {
+      scheduled = setImmediate(() => {
+        scheduled = null;
+        try {
+          if (!listener && !disabled && live > 0) listener = listen();
+        } catch {
+          // try again at the next buffer
+        }
+      });
+      scheduled.unref();
+    }
+  } catch {
+    // introspection never makes an export or a get fail
+  }
+}
+
+function onBufferReleased(): void {
+  live -= 1;
+  if (live <= 0) {
+    live = 0;
+    stopIntrospection();
+  }
+}
+
+function listen(): Listener | null {
+  const c = native.constants;
+  const base = `${INTROSPECTION_PREFIX}${process.pid}.${threadId}`;
+  // A second copy of this module in the same thread (two installs of the package) takes the
+  // next free suffix; `dmabuf info` accepts any.
+  for (let i = 0; i < 8; i++) {
+    const name = i === 0 ? base : `${base}.${i}`;
+    const fd = own(native.socket(c.SOCK_STREAM, true));
+    try {
+      native.bind(fd, `\0${name}`);
+      native.listen(fd, 64);
+    } catch (err) {
+      closeOwned(fd);
+      if ((err as { code?: string }).code === 'EADDRINUSE') continue;
+      return null; // out of descriptors, say: try again at the next buffer
+    }
+    try {
+      const poll = native.pollStart(fd, c.UV_READABLE, () => acceptAll(fd));
+      return { fd, poll, name };
+    } catch {
+      closeOwned(fd);
+      return null;
+    }
+  }
+  disabled = true;
+  return null;
+}
+
+function acceptAll(fd: number): void {
+  for (;;) {
+    let conn: number;
+    try {
+      conn = native.accept(fd, true);
+    } catch {
+      return; // EAGAIN (none pending), or the listener is gone
+    }
+    try {
+      own(conn);
+    } catch {
+      native.close(conn);
+      continue;
+    }
+    if (clients >= MAX_INTROSPECTION_CLIENTS || !mayAnswer(conn)) {
+      closeOwned(conn);
+      continue;
+    }
+    let data: Buffer;
+    try {
+      data = Buffer.from(JSON.stringify(introspect()) + '\n');
+    } catch {
+      closeOwned(conn);
+      continue;
+    }
+    answer(conn, data);
+  }
+}
+
+/** Same effective user, or root. */
+function mayAnswer(fd: number): boolean {
+  try {
+    const { uid } = native.peerCred(fd);
+    const me = process.geteuid?.() ?? -1;
+    return uid === 0 || uid === me;
+  } catch {
+    return false;
+  }
+}
+
+/** Sends `data` on a non-blocking stream, waiting for room when needed, then closes. */
+function answer(fd: number, data: Buffer): void {
+  const c = native.constants;
+  clients += 1;
+  let offset = 0;
+  let poll: PollHandle | null = null;
+  let closed = false;
+  const done = (): void => {
+    if (closed) return;
+    closed = true;
+    clients -= 1;
+    clearTimeout(timer);
+    if (poll) native.pollClose(poll);
+    closeOwned(fd);
+  };
+  const timer = setTimeout(done, INTROSPECTION_SEND_TIMEOUT);
+  timer.unref();
+  const pump = (): void => {
+    try {
+      while (offset < data.length) {
+        offset += native.sendmsg(fd, data.subarray(offset, Math.min(data.length, offset + 65536)), [], c.MSG_DONTWAIT);
+      }
+    } catch (err) {
+      if ((err as { code?: string }).code === 'EAGAIN') {
+        if (!poll) poll = native.pollStart(fd, c.UV_WRITABLE | c.UV_DISCONNECT, (status) => (status < 0 ? done() : pump()));
+        return;
+      }
+      done();
+      return;
+    }
+    done();
+  };
+  pump();
+}
+
+/**
+ * Stops listening until the next buffer of this thread is created. Connections being answered
+ * finish. (A thread's end closes the listener by itself.)
+ */
+export function stopIntrospection(): void {
+  const l = listener;
+  if (!l) return;
+  listener = null;
+  try {
+    native.pollClose(l.poll);
+    closeOwned(l.fd);
+  } catch {
+    // already closed at the thread's end
+  }
+}
