@@ -209,7 +209,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     registry.register(buf);
     file.watch({
       onEof: () => buf.#maybeRelease(),
-      onMessage: (data, fds) => handleHello(buf as DmaBuf, data, fds),
+      onMessage: (data, fds, flags) => handleHello(buf as DmaBuf, data, fds, flags),
     });
     return buf;
   }

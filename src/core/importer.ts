@@ -336,7 +336,12 @@ async function handshake(fd: number, key: string, options: GetOptions): Promise<
     } finally {
       clearTimeout(timer);
     }
-    const w = checkWelcome(welcome.body);
+    let w: ReturnType<typeof checkWelcome>;
+    try {
+      w = checkWelcome(welcome.body);
+    } catch (err) {
+      throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is a socket that failed the dma-buf handshake: ${(err as Error).message}`, { op, cause: err });
+    }
     let channel: ImportChannel;
     if (w.reused) {
       const existing = channels.get(w.token);

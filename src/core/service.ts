@@ -26,7 +26,7 @@ import { DIRECTIONS, type DmaDirection } from './direction.js';
 import type { SgTable } from './sg-table.js';
 import { native } from '../native/binding.js';
 import { Connection, closeAll } from '../transport/connection.js';
-import { MsgType, decode, encode, field, toRuns, type Message } from '../transport/protocol.js';
+import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from '../transport/protocol.js';
 
 /** Most remote attachments one channel may hold at once. */
 export const MAX_ATTACHMENTS_PER_CHANNEL = 65536;
@@ -102,6 +102,11 @@ class ServiceChannel {
   }
 
   async #handle(msg: Message): Promise<void> {
+    if (msg.id === 0 && msg.type !== MsgType.PUT) {
+      // A request nobody can be answered for (id 0 is for notifications): refuse to run it.
+      this.conn.badMessages += 1;
+      return;
+    }
     try {
       const reply = await this.#dispatch(msg);
       if (reply && !this.conn.closed) await reply();
@@ -254,8 +259,13 @@ function describe(buf: DmaBuf, channel: ServiceChannel, reused: boolean): Record
  * Handles a message that arrived through a buffer's file: a HELLO from an importer. Anything
  * else is dropped, its descriptors closed. Never throws.
  */
-export function handleHello(buf: DmaBuf, data: Buffer, fds: number[]): void {
+export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0): void {
   const c = native.constants;
+  if (flags & c.MSG_CTRUNC) {
+    // The kernel dropped the HELLO's channel: this process is out of descriptors. The
+    // importer cannot be answered; it will time out. Say why here, where it can be fixed.
+    process.emitWarning(`dmabuf: an importer's HELLO for buffer "${buf.name}" lost its descriptor (MSG_CTRUNC): this process is probably out of descriptors (EMFILE); raise RLIMIT_NOFILE`, 'DmaBufWarning');
+  }
   // The one descriptor must be a connected SEQPACKET Unix socket: the importer's channel.
   let channelFd = -1;
   if (fds.length === 1) {
@@ -295,6 +305,12 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[]): void {
     return;
   }
   try {
+    const versions = msg.body.versions;
+    if (versions !== undefined && !(Array.isArray(versions) && versions.includes(VERSION))) {
+      native.sendmsg(channelFd, encode(MsgType.ERROR, msg.id, { code: 'EPROTO', message: `the exporter speaks protocol version ${VERSION} only` }), [], c.MSG_DONTWAIT);
+      closeAll([channelFd]);
+      return;
+    }
     let tokens: string[] = [];
     try {
       tokens = field.strings(msg.body, 'tokens', 64, 64);

@@ -158,10 +158,14 @@ export class BufferFile {
     if (notify) this.#events?.onEof();
   }
 
-  /** Reads every pending message; returns false once end-of-file is reached. */
+  /**
+   * Reads pending messages (at most 256 per wake-up, so that a flood through one buffer's file
+   * cannot starve the event loop; the rest wait for the next wake-up); returns false once
+   * end-of-file is reached.
+   */
   #drain(): boolean {
     const c = native.constants;
-    for (;;) {
+    for (let n = 0; n < 256; n++) {
       if (this.#serviceFd < 0) return false;
       let r;
       try {
@@ -186,6 +190,7 @@ export class BufferFile {
         for (const fd of r.fds) native.close(fd);
       }
     }
+    return true;
   }
 
   #onReady(): void {
