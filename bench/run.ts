@@ -1,21 +1,45 @@
 /**
- * `npm run bench`: runs the benchmarks, prints a table and writes
- * `bench/results/inprocess-<date>.json` and `.md`.
+ * `npm run bench [-- --quick] [--sizes 4K,1M,1G] [--reps N] [--only case[,case]] [--frames N] [--out DIR]`
+ *
+ * Runs the cases (hand-off and its baselines, pooled, full read, memory, in-process), prints
+ * progress, and writes bench/results/<date>.json, .md and .svg (<date>-quick.* with --quick).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { handoff } from './cases/handoff.js';
+import { pooled } from './cases/pooled.js';
+import { fullread } from './cases/fullread.js';
+import { memory } from './cases/memory.js';
+import { inprocess } from './cases/inprocess.js';
 import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { runInProcess, table } from './inprocess.js';
+import { machine, now, parseArgs, runCases, since, type Context } from './harness.js';
+import { markdown, writeReport } from './report.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const outDir = path.resolve(here, '..', '..', 'bench', 'results');
-
-const rows = await runInProcess();
-const machine = `${os.cpus()[0]?.model ?? 'cpu'} x${os.cpus().length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}`;
-const date = new Date().toISOString().slice(0, 10);
-const md = `# In-process costs (${date})\n\nMachine: ${machine}\n\n${table(rows)}\n`;
-console.log(md);
-mkdirSync(outDir, { recursive: true });
-writeFileSync(path.join(outDir, `inprocess-${date}.json`), JSON.stringify({ date, machine, rows }, null, 2));
-writeFileSync(path.join(outDir, `inprocess-${date}.md`), md);
+let options;
+try {
+  options = parseArgs(process.argv.slice(2));
+} catch (err) {
+  console.error((err as Error).message);
+  process.exit(2);
+}
+const m = machine();
+const startedAt = new Date();
+const t0 = now();
+const ctx: Context = { options, machine: m, log: (line) => console.log(line) };
+const loadStart = os.loadavg()[0]!;
+console.log(`dmabuf benchmarks: ${m.description}; load average ${loadStart.toFixed(2)}`);
+if (loadStart > m.cores / 2) console.log(`note: the machine is busy (load ${loadStart.toFixed(2)} on ${m.cores} cores): times will be noisier`);
+const cases = await runCases([handoff, pooled, fullread, memory, inprocess], ctx);
+const date = startedAt.toISOString().slice(0, 10) + (options.quick ? '-quick' : '');
+const report = {
+  date,
+  startedAt: startedAt.toISOString(),
+  durationS: since(t0) / 1e9,
+  command: ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
+  machine: m,
+  load: { start: loadStart, end: os.loadavg()[0]! },
+  options: { ...options },
+  cases,
+};
+const files = writeReport(report, options.out);
+console.log(`\n${markdown(report)}`);
+console.log(`wrote ${files.join(', ')}`);
+process.exit(0);

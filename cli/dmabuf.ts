@@ -12,6 +12,8 @@ commands:
   demo [--frame-size BYTES] [--seconds S] [--pool N]
                         frames to a worker and a child process, zero-copy vs copies
   tour [--size BYTES]   one buffer, step by step: export, fd, get, attach, map, share, release
+  info [--pid PID] [--json | --csv]
+                        list the buffers on this machine (this project's and the kernel's)
   help                  this text`;
 
 async function main(argv: string[]): Promise<number> {

@@ -338,9 +338,7 @@ function scanProc(proc: string, socketInos: Set<string>): ProcScan {
   } catch (err) {
     throw new DmaBufError('EIO', `info: cannot list ${proc}: ${(err as Error).message}`, { op: 'info', cause: err });
   }
-  const self = process.pid;
   for (const pid of pids) {
-    if (pid === self) continue;
     const dir = `${proc}/${pid}`;
     let comm = '';
     try {

@@ -6,7 +6,7 @@
  * @module
  */
 export { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC } from './core/dma-buf.js';
-export type { ExportInfo, FdOptions, WaitOptions } from './core/dma-buf.js';
+export type { ExportInfo, FdOptions, GetOptions, WaitOptions } from './core/dma-buf.js';
 export { DmaBufAttachment } from './core/attachment.js';
 export type { MapOptions } from './core/attachment.js';
 export type { DmaBufOps, OpContext } from './core/ops.js';
@@ -31,4 +31,4 @@ export { postBuffer, isBufferMessage, receiveBuffer, receiveBufferFd, BUFFER_MES
 export type { BufferMessage, MessageTarget } from './transport/worker.js';
 export { encodeChannelMessage, decodeChannelMessage, CHANNEL_MAGIC, CHANNEL_VERSION, CHANNEL_HEADER_SIZE, CHANNEL_MAX_META, ChannelMessageType } from './transport/channel-wire.js';
 export type { ChannelMessage } from './transport/channel-wire.js';
-export { introspect } from './core/introspect.js'; // dmabuf info: this thread's snapshot
+export { introspect, type Snapshot, type ExportedSnapshot, type ImportedSnapshot, type AttachmentSnapshot, type StorageSnapshot } from './core/introspect.js'; // dmabuf info

@@ -21,14 +21,13 @@ export type DmaBufErrorCode =
   | 'EPERM'
   | 'ENOTTY'
   | 'EMFILE'
-  | 'ENOSPC'
   | 'EPIPE'
   | 'ECONNRESET'
-  | 'ETIMEDOUT'
   | 'EPROTO'
   | 'EMSGSIZE'
   | 'EAGAIN'
   | 'EIO'
+  | 'ERANGE'
   | (string & {});
 
 /** Options of {@link DmaBufError}. */

@@ -25,7 +25,7 @@ import type { DmaDirection } from './direction.js';
 import { DmaBufError } from './errors.js';
 import { SgTable } from './sg-table.js';
 import { native, own, closeOwned } from '../native/binding.js';
-import { Connection, closeAll, type Reply } from '../transport/connection.js';
+import { Connection, closeAll, lostReply, type Reply } from '../transport/connection.js';
 import { ImportedFile } from '../transport/imported-file.js';
 import { MsgType, encode, field, fromRuns, type Message } from '../transport/protocol.js';
 
@@ -170,9 +170,18 @@ const importOps: DmaBufOps<ImportedPriv> = {
     const undo = (r: Reply): void => {
       closeAll(r.fds);
       const map = r.msg.body.map;
-      if (typeof map === 'number') channel.conn.request(MsgType.UNMAP, { map }).then((u) => closeAll(u.fds), () => {});
+      if (typeof map === 'number') channel.conn.sendAndForget(MsgType.UNMAP, { map });
     };
-    const reply = await request('map', channel, MsgType.MAP, { attachment: attachment.priv, direction }, { signal: ctx.signal, onLateReply: undo });
+    let reply: Reply;
+    try {
+      reply = await request('map', channel, MsgType.MAP, { attachment: attachment.priv, direction }, { signal: ctx.signal, onLateReply: undo });
+    } catch (err) {
+      // The exporter mapped, but its answer lost the memfd (this process is out of
+      // descriptors): undo the map there, so that it does not stall migrations and seals.
+      const lost = lostReply(err);
+      if (lost && lost.type === MsgType.REPLY) undo({ msg: lost, fds: [] });
+      throw err;
+    }
     let memory: RemoteMemory | undefined;
     let mapping: DeviceMapping | undefined;
     try {

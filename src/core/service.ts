@@ -142,12 +142,15 @@ class ServiceChannel {
         }
         const attId = this.nextId();
         this.attachments.set(attId, { att, device, mapLock: new AsyncLock(), maps: new Set() });
+        this.conn.keepAlive(true);
         return ok({ attachment: attId });
       }
       case MsgType.DETACH: {
         const [attId, entry] = this.#attachment(body);
         this.attachments.delete(attId);
         for (const m of entry.maps) this.maps.delete(m);
+        // An exporter stays alive while importers hold attachments: it answers their maps.
+        if (this.attachments.size === 0) this.conn.keepAlive(false);
         await entry.att.detach();
         return ok();
       }

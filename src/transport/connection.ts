@@ -58,6 +58,9 @@ export class Connection {
   #pending = new Map<number, PendingRequest>();
   #nextId = 1;
   #closed = false;
+  #keepAlive = false;
+  /** Ids of requests whose answers nobody waits for (bounded: the oldest are forgotten). */
+  #unawaited = new Set<number>();
   #closeReason: DmaBufError | null = null;
   /** Messages rejected as malformed (for tests and introspection). */
   badMessages = 0;
@@ -174,6 +177,19 @@ export class Connection {
   }
 
   /**
+   * Sends a request whose answer nobody waits for (undoing something, say): it never keeps
+   * the event loop alive, and its answer is dropped quietly when it comes.
+   */
+  sendAndForget(type: MsgTypeValue, body: Record<string, unknown>): void {
+    if (this.#closed) return;
+    const id = this.#nextId;
+    this.#nextId = this.#nextId >= 0xfffffffe ? 1 : this.#nextId + 1;
+    this.#unawaited.add(id);
+    if (this.#unawaited.size > 1024) this.#unawaited.delete(this.#unawaited.values().next().value as number);
+    this.send(type, id, body).catch(() => {});
+  }
+
+  /**
    * Waits for the REPLY or ERROR with `id` to a request that was sent by other means (the
    * HELLO goes through the buffer's file, its answer comes on this connection).
    */
@@ -218,13 +234,21 @@ export class Connection {
     }
   }
 
+  /**
+   * Keeps the event loop alive while `on` (an exporter serving importers that hold
+   * attachments). Otherwise the connection keeps it alive only while someone waits on it.
+   */
+  keepAlive(on: boolean): void {
+    this.#keepAlive = on;
+    this.#updatePoll();
+  }
+
   #updatePoll(): void {
     if (!this.#poll) return;
     const c = native.constants;
     const events = c.UV_READABLE | c.UV_DISCONNECT | (this.#queue.length > 0 ? c.UV_WRITABLE : 0);
     native.pollUpdate(this.#poll, events);
-    // Keep the event loop alive only while someone waits on this connection.
-    native.pollRef(this.#poll, this.#queue.length > 0 || this.#pending.size > 0);
+    native.pollRef(this.#poll, this.#keepAlive || this.#queue.length > 0 || this.#pending.size > 0);
   }
 
   #onReady(status: number, events: number): void {
@@ -307,6 +331,15 @@ export class Connection {
     } catch (err) {
       closeAll(fds);
       this.badMessages += 1;
+      // A reply that lost its descriptors may still say what was done for us (a map the
+      // exporter made): keep it with the error, so that the requester can undo it.
+      if (flags & (c.MSG_CTRUNC)) {
+        try {
+          lostReplies.set(err as object, decode(data));
+        } catch {
+          // nothing readable
+        }
+      }
       const e = err as DmaBufError;
       const pending = headerId !== undefined ? this.#pending.get(headerId) : undefined;
       if (pending && headerId !== undefined) {
@@ -320,6 +353,10 @@ export class Connection {
     }
     if (msg.type === MsgType.REPLY || msg.type === MsgType.ERROR) {
       const pending = this.#pending.get(msg.id);
+      if (!pending && this.#unawaited.delete(msg.id)) {
+        closeAll(fds); // the answer to a request sent with send-and-forget
+        return;
+      }
       if (!pending) {
         // A reply to nothing we asked: out of order or forged. Drop it and its descriptors.
         closeAll(fds);
@@ -339,6 +376,13 @@ export class Connection {
     }
     this.#handlers.onMessage(msg, fds);
   }
+}
+
+const lostReplies = new WeakMap<object, Message>();
+
+/** The reply an error stands for, when the reply arrived but lost its descriptors. */
+export function lostReply(err: unknown): Message | undefined {
+  return typeof err === 'object' && err !== null ? lostReplies.get(err) : undefined;
 }
 
 /** The error an ERROR message carries, as a {@link DmaBufError} of the same code. */

@@ -617,6 +617,10 @@ test('MSG_CTRUNC: an importer refuses a map reply with too many descriptors with
     closeFds(probes.map(([, s]) => s));
     await assert.rejects(pm, codeIs('EPROTO', /MSG_CTRUNC/));
     await until(() => probes.every(([k]) => peerClosed(k)), 3000, 'the importer to close all 6 descriptors');
+    // The exporter did map: the importer undoes it (without waiting for the answer).
+    const un = await fe.next();
+    assert.equal(un.msg.type, MsgType.UNMAP);
+    assert.equal(un.msg.body.map, 1);
     closeFds(probes.map(([k]) => k));
     const d = att.detach();
     const dr = await fe.next();

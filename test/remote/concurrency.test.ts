@@ -140,8 +140,9 @@ test('migration across processes: a remote map waits for a local unmap, and a lo
       const a = await b.attach(new m.CpuDevice({ name: 'huge', pageSize: ${HUGE_PAGE_SIZE} }));
       out({ attached: true });
       const t = await a.map('bidirectional');
-      out({ mapped: true, value: t.segments[0].view[12345] });
+      const value = t.segments[0].view[12345];
       t.segments[0].view[54321] = 77;
+      out({ mapped: true, value });
       process.stdin.once('data', async () => { await a.unmap(t); out({ unmapped: true }); process.stdin.once('data', async () => { await a.detach(); b.put(); process.exit(0); }); });`, [fd]);
     closeSync(fd);
     await nextLine(child, (v) => v.attached === true);

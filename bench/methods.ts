@@ -1,0 +1,533 @@
+/**
+ * Ways to hand a buffer of `size` bytes to another process or thread, each with one
+ * long-lived receiver: dmabuf, the C floor, child_process.send, a worker postMessage copy, a
+ * byte stream over a Unix socket, and a SharedArrayBuffer (postMessage of it, or an
+ * Atomics.notify on one already shared). The hand-off and the full-read cases run them side
+ * by side.
+ *
+ * Every buffer is filled the same way before it is handed off: 0x2a everywhere, 0x11 first
+ * and 0x22 last; every receiver answers the first and last byte it read, which is checked.
+ * `t0` is taken by the sender just before it starts the hand-off (for dmabuf: before
+ * buf.fd()); `tRead` by the receiver once it has read (CLOCK_MONOTONIC in both).
+ */
+import { spawn, fork, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { once } from 'node:events';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface, type Interface } from 'node:readline';
+import { Worker } from 'node:worker_threads';
+import { CpuDevice, systemHeap, type DmaBuf } from '../src/index.js';
+import { native } from '../src/native/binding.js';
+import { now, receiver, root, track } from './harness.js';
+import { Packets, type Msg } from './receivers/wire.js';
+
+export type ReadMode = 'ends' | 'all';
+
+/** One hand-off, in nanoseconds. */
+export interface Sample {
+  /** t0 (sender) to the receiver having read. */
+  oneWayNs: number;
+  /** t0 to the sender having the receiver's ack. */
+  roundTripNs: number;
+  /** From recvmsg's return (the receiver has the descriptor) to having read: dmabuf, C. */
+  receiverNs?: number;
+  /** Sub-steps in the receiver (dmabuf: get, attach, map, read; and cleanup after). */
+  steps?: Record<string, number>;
+  /** CPU time (user + system, ns) spent on the hand-off by each side, where measured. */
+  cpu?: Record<string, number>;
+  /** Garbage collections in the receiver since its previous answer (dmabuf). */
+  gc?: { count: number; major: number; ms: number };
+}
+
+export interface Method {
+  /** Short name, used in the results. */
+  readonly name: string;
+  /** Starts the receiver. */
+  start(): Promise<void>;
+  /** Makes a buffer of `size` bytes, filled, ready to hand off (frees the previous one). */
+  prepare(size: number, payload: Payload): Promise<void>;
+  /** One hand-off of the prepared buffer. */
+  once(read: ReadMode): Promise<Sample>;
+  /** Frees the prepared buffer. */
+  free(): Promise<void>;
+  /** Stops the receiver. */
+  close(): Promise<void>;
+}
+
+export const FIRST = 0x11;
+export const LAST = 0x22;
+
+function fillPattern(v: Uint8Array): void {
+  v.fill(0x2a);
+  v[0] = FIRST;
+  v[v.length - 1] = LAST;
+}
+
+function check(name: string, first: unknown, last: unknown): void {
+  if (first !== FIRST || last !== LAST) throw new Error(`${name}: the receiver read ${String(first)}/${String(last)}, expected ${FIRST}/${LAST}`);
+}
+
+/** The bytes the copying baselines send, made once per size and shared by them. */
+export class Payload {
+  #size = 0;
+  #bytes: Uint8Array | null = null;
+  #sab: SharedArrayBuffer | null = null;
+
+  reset(size: number): void {
+    this.#size = size;
+    this.#bytes = null;
+    this.#sab = null;
+  }
+
+  get bytes(): Uint8Array {
+    if (!this.#bytes) {
+      this.#bytes = new Uint8Array(this.#size);
+      fillPattern(this.#bytes);
+    }
+    return this.#bytes;
+  }
+
+  get sab(): SharedArrayBuffer {
+    if (!this.#sab) {
+      this.#sab = new SharedArrayBuffer(this.#size);
+      fillPattern(new Uint8Array(this.#sab));
+    }
+    return this.#sab;
+  }
+}
+
+const nodeArgs = ['--no-warnings'];
+
+// ---------------------------------------------------------------------------------------
+
+/** dmabuf: the exporter is this process; the receiver imports from the descriptor. */
+export class DmabufMethod implements Method {
+  readonly name: string;
+  readonly pageSize: number;
+  #child: ChildProcess | null = null;
+  #link: Packets | null = null;
+  #buf: DmaBuf | null = null;
+  #gc = { count: 0, major: 0, ms: 0 };
+
+  constructor(options: { pageSize?: number } = {}) {
+    this.pageSize = options.pageSize ?? 4096;
+    this.name = this.pageSize > 4096 ? 'dmabuf (2 MiB pages)' : 'dmabuf';
+  }
+
+  async start(): Promise<void> {
+    const c = native.constants;
+    const [mine, theirs] = native.socketpair(c.SOCK_SEQPACKET, false);
+    this.#child = track(spawn(process.execPath, [...nodeArgs, receiver('dmabuf')], { stdio: ['ignore', 'inherit', 'inherit', theirs] }));
+    native.close(theirs);
+    this.#link = new Packets(mine);
+    this.#link.listen();
+    const hello = await this.#reply();
+    if (!hello.ready) throw new Error('dmabuf receiver did not start');
+  }
+
+  /** The receiver's process id (for the memory case). */
+  get pid(): number {
+    return this.#child!.pid!;
+  }
+
+  async #reply(): Promise<Msg> {
+    const r = await unlessExits(this.#child!, this.name, this.#link!.next());
+    if (r.msg.op === 'eof') throw new Error('dmabuf receiver exited');
+    if (!r.msg.ok) throw new Error(`dmabuf receiver: ${String(r.msg.error)}`);
+    return r.msg;
+  }
+
+  async prepare(size: number): Promise<void> {
+    await this.free();
+    const buf = systemHeap.allocate(size, { name: `bench-${size}` });
+    const filler = await buf.attach(new CpuDevice(this.pageSize > 4096 ? { name: 'bench-exporter', pageSize: this.pageSize } : { name: 'bench-exporter' }));
+    const sgt = await filler.map('bidirectional');
+    for (const s of sgt.segments) s.view!.fill(0x2a);
+    const segs = sgt.segments;
+    segs[0]!.view![0] = FIRST;
+    const last = segs[segs.length - 1]!.view!;
+    last[last.length - 1] = LAST;
+    await filler.unmap(sgt);
+    await filler.detach();
+    const info = systemHeap.storage(buf);
+    if (info.pageSize !== this.pageSize) throw new Error(`dmabuf: storage has ${info.pageSize}-byte pages, wanted ${this.pageSize}`);
+    this.#buf = buf;
+  }
+
+  async once(read: ReadMode): Promise<Sample> {
+    const cpu0 = process.cpuUsage();
+    const t0 = now();
+    const fd = this.#buf!.fd();
+    this.#link!.send({ op: 'handoff', read, pageSize: this.pageSize }, [fd]);
+    native.close(fd);
+    const r = await this.#reply();
+    const tAck = now();
+    const cpu = process.cpuUsage(cpu0);
+    check(this.name, r.first, r.last);
+    const t = (k: string): bigint => BigInt(r[k] as string);
+    const tRecv = t('tRecv');
+    const g = r.gc as { count: number; major: number; ms: number };
+    const gc = { count: g.count - this.#gc.count, major: g.major - this.#gc.major, ms: g.ms - this.#gc.ms };
+    this.#gc = g;
+    return {
+      oneWayNs: Number(t('tRead') - t0),
+      roundTripNs: Number(tAck - t0),
+      receiverNs: Number(t('tRead') - tRecv),
+      steps: {
+        send: Number(tRecv - t0),
+        get: Number(t('tGet') - tRecv),
+        attach: Number(t('tAttach') - t('tGet')),
+        map: Number(t('tMap') - t('tAttach')),
+        read: Number(t('tRead') - t('tMap')),
+        cleanup: Number(t('tDone') - t('tRead')),
+        ack: Number(tAck - t('tDone')),
+      },
+      cpu: { 'receiver user': Number(r.cpuUser) * 1e3, 'receiver sys': Number(r.cpuSys) * 1e3, 'exporter user': cpu.user * 1e3, 'exporter sys': cpu.system * 1e3 },
+      gc,
+    };
+  }
+
+  /** Asks the receiver to import, map and touch every page, and keep the mapping. */
+  async hold(buf: DmaBuf): Promise<void> {
+    const fd = buf.fd();
+    this.#link!.send({ op: 'hold' }, [fd]);
+    native.close(fd);
+    await this.#reply();
+  }
+
+  async drop(): Promise<void> {
+    this.#link!.send({ op: 'drop' });
+    await this.#reply();
+  }
+
+  async free(): Promise<void> {
+    this.#buf?.put();
+    this.#buf = null;
+  }
+
+  async close(): Promise<void> {
+    await this.free();
+    this.#link?.close();
+    this.#link = null;
+    if (this.#child && this.#child.exitCode === null) await once(this.#child, 'exit');
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+
+let floorBinary: string | null | undefined;
+let floorNote = '';
+
+/** Compiles bench/floor.c into a temporary folder, once; null (with a note) without a compiler. */
+export function compileFloor(): string | null {
+  if (floorBinary !== undefined) return floorBinary;
+  const src = path.join(root, 'bench', 'floor.c');
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dmabuf-bench-'));
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  const out = path.join(dir, 'floor');
+  for (const cc of [process.env.CC, 'cc', 'gcc', 'clang'].filter((x): x is string => !!x)) {
+    try {
+      execFileSync(cc, ['-O2', '-Wall', '-o', out, src], { stdio: ['ignore', 'ignore', 'pipe'] });
+      if (existsSync(out)) {
+        floorNote = `C floor compiled with \`${cc} -O2\``;
+        return (floorBinary = out);
+      }
+    } catch (err) {
+      floorNote = `C floor skipped: ${cc} failed: ${String((err as { stderr?: Buffer }).stderr ?? err).split('\n')[0]}`;
+    }
+  }
+  if (!floorNote) floorNote = 'C floor skipped: no C compiler (cc, gcc, clang) found';
+  return (floorBinary = null);
+}
+
+export function floorCompileNote(): string {
+  return floorNote;
+}
+
+/** The physical floor: bench/floor.c passes a memfd to its child, which maps and touches it. */
+export class FloorMethod implements Method {
+  readonly name: string;
+  readonly huge: boolean;
+  #child: ChildProcess | null = null;
+  #lines: Interface | null = null;
+  #pending: ((line: string) => void)[] = [];
+
+  constructor(options: { huge?: boolean } = {}) {
+    this.huge = options.huge ?? false;
+    this.name = this.huge ? 'C floor (2 MiB pages)' : 'C floor';
+  }
+
+  async start(): Promise<void> {
+    const bin = compileFloor();
+    if (!bin) throw new Error(floorNote);
+    this.#child = track(spawn(bin, [], { stdio: ['pipe', 'pipe', 'inherit'] }));
+    this.#lines = createInterface({ input: this.#child.stdout! });
+    this.#lines.on('line', (l) => this.#pending.shift()?.(l));
+  }
+
+  #command(cmd: string): Promise<Record<string, number | string | boolean>> {
+    return unlessExits(this.#child!, this.name, new Promise((resolve, reject) => {
+      this.#pending.push((line) => {
+        const r = JSON.parse(line) as Record<string, number | string | boolean>;
+        if (r.error) reject(new Error(`C floor: ${String(r.error)}`));
+        else resolve(r);
+      });
+      this.#child!.stdin!.write(`${cmd}\n`);
+    }));
+  }
+
+  async prepare(size: number): Promise<void> {
+    await this.#command(`alloc ${size} ${this.huge ? 1 : 0}`);
+  }
+
+  async once(read: ReadMode): Promise<Sample> {
+    const r = await this.#command(`handoff ${read === 'all' ? 1 : 0}`);
+    check(this.name, r.first, r.last);
+    return { oneWayNs: r.oneWayNs as number, roundTripNs: r.roundTripNs as number, receiverNs: r.receiverNs as number, steps: { send: r.recvNs as number } };
+  }
+
+  async free(): Promise<void> {
+    if (this.#child) await this.#command('free');
+  }
+
+  async close(): Promise<void> {
+    if (!this.#child) return;
+    this.#child.stdin!.end('quit\n');
+    if (this.#child.exitCode === null) await once(this.#child, 'exit');
+    this.#child = null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+
+interface CopyReply { first: number; last: number; tRead: bigint | string; offset?: number }
+
+/** `p`, or a rejection if `child` exits first (a crashed receiver must not hang the run). */
+export function unlessExits<T>(child: ChildProcess, what: string, p: Promise<T>): Promise<T> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.reject(new Error(`${what}: the receiver has exited`));
+  let onExit: (() => void) | null = null;
+  const exited = new Promise<never>((_, reject) => {
+    onExit = () => reject(new Error(`${what}: the receiver exited (code ${child.exitCode}, signal ${child.signalCode})`));
+    child.once('exit', onExit);
+  });
+  return Promise.race([p, exited]).finally(() => child.off('exit', onExit!));
+}
+
+function copySample(name: string, t0: bigint, r: CopyReply): Sample {
+  const tAck = now();
+  check(name, r.first, r.last);
+  return { oneWayNs: Number(BigInt(r.tRead) - t0), roundTripNs: Number(tAck - t0) };
+}
+
+/** child_process.send with serialization 'advanced' of a Uint8Array (a copy each way). */
+export class SendMethod implements Method {
+  readonly name = 'child_process.send';
+  /** The byteOffset of the Uint8Array the receiver got (last hand-off). */
+  offset = 0;
+  #child: ChildProcess | null = null;
+  #payload: Payload | null = null;
+
+  async start(): Promise<void> {
+    this.#child = track(fork(receiver('send'), [], { serialization: 'advanced', execArgv: nodeArgs, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+    await once(this.#child, 'message');
+  }
+
+  async prepare(_size: number, payload: Payload): Promise<void> {
+    this.#payload = payload;
+    void payload.bytes;
+  }
+
+  async once(read: ReadMode): Promise<Sample> {
+    const reply = once(this.#child!, 'message') as Promise<[CopyReply]>;
+    const t0 = now();
+    this.#child!.send({ data: this.#payload!.bytes, read, t0 });
+    const r = (await unlessExits(this.#child!, this.name, reply))[0];
+    this.offset = r.offset ?? 0;
+    return copySample(this.name, t0, r);
+  }
+
+  async free(): Promise<void> {
+    this.#payload = null;
+  }
+
+  async close(): Promise<void> {
+    if (!this.#child) return;
+    this.#child.disconnect();
+    if (this.#child.exitCode === null) await once(this.#child, 'exit');
+  }
+}
+
+/** One worker thread; the copy and SharedArrayBuffer methods each start their own. */
+abstract class WorkerMethod implements Method {
+  abstract readonly name: string;
+  protected worker: Worker | null = null;
+  protected payload: Payload | null = null;
+
+  async start(): Promise<void> {
+    this.worker = new Worker(receiver('worker'));
+    await once(this.worker, 'online');
+  }
+
+  async prepare(_size: number, payload: Payload): Promise<void> {
+    this.payload = payload;
+  }
+
+  abstract once(read: ReadMode): Promise<Sample>;
+
+  protected async post(msg: Record<string, unknown>): Promise<Sample> {
+    const reply = once(this.worker!, 'message') as Promise<[CopyReply]>;
+    const t0 = now();
+    msg.t0 = t0;
+    this.worker!.postMessage(msg);
+    return copySample(this.name, t0, (await reply)[0]);
+  }
+
+  async free(): Promise<void> {
+    this.payload = null;
+  }
+
+  async close(): Promise<void> {
+    await this.free();
+    await this.worker?.terminate();
+    this.worker = null;
+  }
+}
+
+/** A worker postMessage of a Uint8Array (structured clone: a copy). */
+export class WorkerCopyMethod extends WorkerMethod {
+  readonly name = 'worker postMessage (copy)';
+
+  override async prepare(size: number, payload: Payload): Promise<void> {
+    await super.prepare(size, payload);
+    void payload.bytes;
+  }
+
+  async once(read: ReadMode): Promise<Sample> {
+    return this.post({ kind: 'bytes', data: this.payload!.bytes, read });
+  }
+}
+
+/** A worker postMessage of a SharedArrayBuffer (shared, not copied: the in-process floor). */
+export class SabPostMethod extends WorkerMethod {
+  readonly name = 'SAB postMessage (threads)';
+
+  override async prepare(size: number, payload: Payload): Promise<void> {
+    await super.prepare(size, payload);
+    void payload.sab;
+  }
+
+  async once(read: ReadMode): Promise<Sample> {
+    return this.post({ kind: 'sab', data: this.payload!.sab, read });
+  }
+}
+
+/**
+ * A SharedArrayBuffer already shared with a worker that waits in Atomics.wait: the hand-off
+ * is one Atomics.notify, and the ack one more (the sender waits in Atomics.wait).
+ */
+export class SabAtomicsMethod extends WorkerMethod {
+  readonly name = 'SAB Atomics.notify (threads)';
+  /** [0] request sequence (-1: stop), [1] ack sequence, [2] read mode (1: all), [3..] result. */
+  #ctl = new Int32Array(new SharedArrayBuffer(64));
+  #times = new BigInt64Array(this.#ctl.buffer, 32, 2);
+  #seq = 0;
+
+  override async prepare(size: number, payload: Payload): Promise<void> {
+    await this.#stop();
+    await super.prepare(size, payload);
+    const ready = once(this.worker!, 'message');
+    this.worker!.postMessage({ kind: 'atomics', ctl: this.#ctl.buffer, data: payload.sab });
+    await ready;
+  }
+
+  async once(read: ReadMode): Promise<Sample> {
+    const ctl = this.#ctl;
+    const seq = ++this.#seq;
+    Atomics.store(ctl, 2, read === 'all' ? 1 : 0);
+    const t0 = now();
+    Atomics.store(ctl, 0, seq);
+    Atomics.notify(ctl, 0);
+    while (Atomics.load(ctl, 1) !== seq) Atomics.wait(ctl, 1, seq - 1, 10_000);
+    const tAck = now();
+    check(this.name, Atomics.load(ctl, 4), Atomics.load(ctl, 5));
+    return { oneWayNs: Number(this.#times[0]! - t0), roundTripNs: Number(tAck - t0) };
+  }
+
+  async #stop(): Promise<void> {
+    if (!this.payload) return;
+    const done = once(this.worker!, 'message');
+    Atomics.store(this.#ctl, 0, -1);
+    Atomics.notify(this.#ctl, 0);
+    await done;
+    Atomics.store(this.#ctl, 0, 0);
+    Atomics.store(this.#ctl, 1, 0);
+    this.#seq = 0;
+  }
+
+  override async free(): Promise<void> {
+    await this.#stop();
+    await super.free();
+  }
+}
+
+/** A byte stream over a Unix socket (net): the whole buffer written, read and assembled. */
+export class StreamMethod implements Method {
+  readonly name = 'Unix socket stream';
+  #child: ChildProcess | null = null;
+  #sock: net.Socket | null = null;
+  #dir = '';
+  #payload: Payload | null = null;
+  #header = Buffer.alloc(24);
+  #replies: Buffer[] = [];
+  #wait: (() => void) | null = null;
+
+  async start(): Promise<void> {
+    this.#dir = mkdtempSync(path.join(os.tmpdir(), 'dmabuf-bench-sock-'));
+    const sockPath = path.join(this.#dir, 's');
+    this.#child = track(spawn(process.execPath, [...nodeArgs, receiver('stream'), sockPath], { stdio: ['ignore', 'pipe', 'inherit'] }));
+    await once(this.#child.stdout!, 'data');
+    this.#sock = net.connect(sockPath);
+    await once(this.#sock, 'connect');
+    let acc = Buffer.alloc(0);
+    this.#sock.on('data', (d: Buffer) => {
+      acc = Buffer.concat([acc, d]);
+      while (acc.length >= 16) {
+        this.#replies.push(acc.subarray(0, 16));
+        acc = acc.subarray(16);
+        this.#wait?.();
+      }
+    });
+  }
+
+  async prepare(_size: number, payload: Payload): Promise<void> {
+    this.#payload = payload;
+    void payload.bytes;
+  }
+
+  async once(read: ReadMode): Promise<Sample> {
+    const data = this.#payload!.bytes;
+    const got = new Promise<void>((resolve) => { this.#wait = resolve; });
+    const t0 = now();
+    this.#header.writeBigUInt64LE(BigInt(data.length), 0);
+    this.#header.writeBigUInt64LE(t0, 8);
+    this.#header.writeUInt32LE(read === 'all' ? 1 : 0, 16);
+    this.#sock!.write(this.#header);
+    this.#sock!.write(data);
+    if (this.#replies.length === 0) await unlessExits(this.#child!, this.name, got);
+    this.#wait = null;
+    const r = this.#replies.shift()!;
+    return copySample(this.name, t0, { tRead: r.readBigUInt64LE(0), first: r[8]!, last: r[9]! });
+  }
+
+  async free(): Promise<void> {
+    this.#payload = null;
+  }
+
+  async close(): Promise<void> {
+    this.#sock?.end();
+    if (this.#child && this.#child.exitCode === null) await once(this.#child, 'exit');
+    rmSync(this.#dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * The pooled receiver: imports a ring of buffers once (descriptor 3 carries the control
+ * messages and the buffers' descriptors), maps each once, then serves frames announced on
+ * descriptor 4 (a SOCK_SEQPACKET socket): each notification is one byte, the ring slot; the
+ * receiver reads the slot's first and last byte and answers them (two bytes).
+ *
+ * - `{ op: 'ring' }` + N descriptors: get, attach, map('to-device') each, keep the views.
+ * - `{ op: 'run', mode: 'sync' }`: a blocking loop in recvmsg (like Atomics.wait), until the
+ *   slot 255 arrives; `mode: 'loop'`: the same on the event loop (uv_poll).
+ */
+import { CpuDevice, DmaBuf } from '../../src/index.js';
+import { native, type PollHandle } from '../../src/native/binding.js';
+import { Packets, readEnds } from './wire.js';
+
+const link = new Packets(3);
+const NOTIFY = 4;
+const STOP = 255;
+const device = new CpuDevice({ name: 'bench-pool' });
+const views: Uint8Array[] = [];
+const answer = new Uint8Array(2);
+
+/** Serves one notification; returns false at the stop byte. */
+function serve(data: Buffer): boolean {
+  const slot = data[0]!;
+  if (slot === STOP) return false;
+  const [first, last] = readEnds(views[slot]!);
+  answer[0] = first;
+  answer[1] = last;
+  native.sendmsg(NOTIFY, answer, [], 0);
+  return true;
+}
+
+function runSync(): void {
+  native.setNonblock(NOTIFY, false);
+  for (;;) {
+    const r = native.recvmsg(NOTIFY, 16, 0, 0);
+    if (r.data.length === 0 || !serve(r.data)) return;
+  }
+}
+
+function runLoop(done: () => void): void {
+  const c = native.constants;
+  native.setNonblock(NOTIFY, true);
+  const poll: PollHandle = native.pollStart(NOTIFY, c.UV_READABLE, () => {
+    for (;;) {
+      let r;
+      try {
+        r = native.recvmsg(NOTIFY, 16, 0, c.MSG_DONTWAIT);
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EAGAIN') return;
+        throw err;
+      }
+      if (r.data.length === 0 || !serve(r.data)) {
+        native.pollClose(poll);
+        done();
+        return;
+      }
+    }
+  });
+  native.pollRef(poll, true);
+}
+
+link.listen((msg, fds) => {
+  const run = async (): Promise<void> => {
+    if (msg.op === 'ring') {
+      for (const fd of fds) {
+        let buf: DmaBuf;
+        try {
+          buf = await DmaBuf.get(fd);
+        } finally {
+          native.close(fd);
+        }
+        const att = await buf.attach(device);
+        const sgt = await att.map('to-device');
+        views.push(sgt.segments[0]!.view!);
+      }
+      link.send({ ok: true, slots: views.length });
+    } else if (msg.op === 'run') {
+      link.send({ ok: true, started: true });
+      if (msg.mode === 'sync') {
+        runSync();
+        link.send({ ok: true, stopped: true });
+      } else {
+        runLoop(() => link.send({ ok: true, stopped: true }));
+      }
+    } else if (msg.op === 'eof') {
+      process.exit(0);
+    }
+  };
+  run().catch((err: unknown) => link.send({ ok: false, error: String((err as Error)?.stack ?? err) }));
+});
+link.send({ ok: true, ready: true });

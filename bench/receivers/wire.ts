@@ -1,0 +1,124 @@
+/**
+ * What the harness and its receivers share: JSON messages (with descriptors) on a
+ * SOCK_SEQPACKET socket, read on the event loop, and the reading loops every receiver runs
+ * (the same code in every case, so that the cases stay comparable).
+ */
+import { native, type PollHandle } from '../../src/native/binding.js';
+
+/** Reads the first and last byte (what a "hand-off" ends with). */
+export function readEnds(v: Uint8Array): [number, number] {
+  return [v[0]!, v[v.length - 1]!];
+}
+
+/**
+ * Reads every byte: sums the view as doubles, 8 bytes at a time, in order (floor.c runs the
+ * same loop). The view's offset and length must be multiples of 8.
+ */
+export function sumAll(v: Uint8Array): number {
+  // A view at an offset that is not a multiple of 8 (child_process.send delivers one) cannot
+  // be read as doubles in place: the receiver has to copy it once, as any user would.
+  const aligned = v.byteOffset % 8 === 0 ? v : new Uint8Array(v);
+  const d = new Float64Array(aligned.buffer, aligned.byteOffset, aligned.byteLength >>> 3);
+  let s = 0;
+  for (let i = 0; i < d.length; i++) s += d[i]!;
+  return s;
+}
+
+/** Reads one byte per 4 KiB page (so that every page is mapped in this process). */
+export function touchPages(v: Uint8Array): number {
+  let s = 0;
+  for (let i = 0; i < v.length; i += 4096) s += v[i]!;
+  return s + v[v.length - 1]!;
+}
+
+/** Serializes bigints (timestamps) as strings. */
+function replacer(_k: string, value: unknown): unknown {
+  return typeof value === 'bigint' ? value.toString() : value;
+}
+
+export type Msg = Record<string, unknown>;
+
+/** A SOCK_SEQPACKET end carrying one JSON object (and optional descriptors) per packet. */
+export class Packets {
+  readonly fd: number;
+  #poll: PollHandle | null = null;
+  #handler: ((msg: Msg, fds: number[], at: bigint) => void) | null = null;
+  #waiters: ((m: { msg: Msg; fds: number[]; at: bigint }) => void)[] = [];
+  #queue: { msg: Msg; fds: number[]; at: bigint }[] = [];
+
+  constructor(fd: number) {
+    this.fd = fd;
+  }
+
+  /** Sends one message (blocking socket semantics are not used: the kernel queue is ample). */
+  send(msg: Msg, fds: number[] = []): void {
+    native.sendmsg(this.fd, Buffer.from(JSON.stringify(msg, replacer)), fds, 0);
+  }
+
+  /**
+   * Calls `handler` for every message, on the event loop; `at` is the time recvmsg returned.
+   * Without a handler, messages queue for {@link next}.
+   */
+  listen(handler?: (msg: Msg, fds: number[], at: bigint) => void): void {
+    this.#handler = handler ?? null;
+    if (this.#poll) return;
+    const c = native.constants;
+    this.#poll = native.pollStart(this.fd, c.UV_READABLE | c.UV_DISCONNECT, () => this.#drain());
+    native.pollRef(this.#poll, true);
+  }
+
+  #drain(): void {
+    const c = native.constants;
+    for (;;) {
+      let r;
+      try {
+        r = native.recvmsg(this.fd, 1 << 16, 64, c.MSG_DONTWAIT);
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EAGAIN') return;
+        throw err;
+      }
+      const at = process.hrtime.bigint();
+      if (r.data.length === 0 && r.fds.length === 0) {
+        this.close();
+        if (this.#handler) this.#handler({ op: 'eof' }, [], at);
+        return;
+      }
+      const msg = JSON.parse(r.data.toString('utf8')) as Msg;
+      if (this.#handler) this.#handler(msg, r.fds, at);
+      else {
+        const w = this.#waiters.shift();
+        if (w) w({ msg, fds: r.fds, at });
+        else this.#queue.push({ msg, fds: r.fds, at });
+      }
+    }
+  }
+
+  /** The next message (when listening without a handler). */
+  next(): Promise<{ msg: Msg; fds: number[]; at: bigint }> {
+    const q = this.#queue.shift();
+    if (q) return Promise.resolve(q);
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  /** Stops reading (the descriptor stays open). */
+  stop(): void {
+    if (this.#poll) native.pollClose(this.#poll);
+    this.#poll = null;
+  }
+
+  close(): void {
+    this.stop();
+    try {
+      native.close(this.fd);
+    } catch {
+      // already closed
+    }
+  }
+}
+
+type WaitAsyncResult = { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+
+/** Atomics.waitAsync (Node 16+; not in the ES2022 typings the project compiles against). */
+export function waitAsync(a: Int32Array, index: number, value: number, timeout?: number): WaitAsyncResult {
+  return (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, t?: number): WaitAsyncResult }).waitAsync(a, index, value, timeout);
+}
