@@ -690,8 +690,18 @@ static napi_value js_sock_name(napi_env env, napi_callback_info info) {
   return s;
 }
 
+/* An optional trailing boolean: true makes EAGAIN a plain result instead of an exception
+ * (an exception per empty poll is the costly part of a busy event loop). */
+static int arg_soft_eagain(napi_env env, napi_value v) {
+  bool b = false;
+  napi_valuetype type;
+  if (napi_typeof(env, v, &type) != napi_ok || type != napi_boolean) return 0;
+  if (napi_get_value_bool(env, v, &b) != napi_ok) return 0;
+  return b ? 1 : 0;
+}
+
 static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
-  ARGS(4);
+  ARGS(5);
   int fd;
   void *data;
   size_t len, nfds;
@@ -702,6 +712,7 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
   if (arg_fd_array(env, argv[2], "fds", fds, &nfds) != 0) return NULL;
   if (arg_bits(env, argv[3], "flags", &flags) != 0) return NULL;
   ssize_t r = sys_sendmsg(fd, data, len, fds, nfds, (int)flags);
+  if (r == -EAGAIN && arg_soft_eagain(env, argv[4])) return number(env, -1);
   if (r < 0) return throw_errno(env, "sendmsg", (int)-r);
   return number(env, (double)r);
 }
@@ -711,7 +722,7 @@ static void close_all(const int *fds, size_t n) {
 }
 
 static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
-  ARGS(4);
+  ARGS(5);
   int fd;
   uint64_t max_bytes, max_fds;
   uint32_t flags;
@@ -733,6 +744,11 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
                           (int)flags, &msg_flags);
   if (r < 0) {
     free(buf);
+    if (r == -EAGAIN && arg_soft_eagain(env, argv[4])) {
+      napi_value null_v;
+      NAPI(napi_get_null(env, &null_v));
+      return null_v;
+    }
     return throw_errno(env, "recvmsg", (int)-r);
   }
   /* With MSG_TRUNC recvmsg(2) returns the real length, which may exceed the buffer. */

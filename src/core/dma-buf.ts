@@ -224,6 +224,10 @@ export class DmaBuf<Priv = unknown> implements Disposable {
    *   handshake).
    */
   static async get(fd: number, options: GetOptions = {}): Promise<DmaBuf> {
+    return DmaBuf.#get(fd, options, undefined);
+  }
+
+  static async #get(fd: number, options: GetOptions, prefetch: { device: Device; direction: DmaDirection } | undefined): Promise<DmaBuf> {
     warnExperimental();
     assertAvailable('get');
     const op = 'get';
@@ -253,7 +257,40 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     if (info.domain !== c.AF_UNIX || info.type !== c.SOCK_SEQPACKET) {
       throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is a socket but not a dma-buf`, { op });
     }
-    return importBuffer(fd, key, options, () => DmaBuf.#lookup(key));
+    return importBuffer(fd, key, options, () => DmaBuf.#lookup(key), prefetch);
+  }
+
+  /**
+   * Gets the buffer of a descriptor, attaches `device` and maps it, in one call: the first
+   * hand-off of a buffer in one round trip to its exporter (a HELLO that asks for the attach
+   * and the map too) instead of three. The same as `get`, `attach` and `map` one after the
+   * other, which it falls back to when the exporter cannot do them along with the HELLO.
+   *
+   * @throws {DmaBufError} what {@link get}, {@link attach} and `map` throw.
+   * @example
+   * ```ts
+   * const { buffer, attachment, sgt } = await DmaBuf.getMapped(fd, new CpuDevice(), 'to-device');
+   * ```
+   */
+  static async getMapped(fd: number, device: Device, direction: DmaDirection, options: GetOptions = {}): Promise<{ buffer: DmaBuf; attachment: DmaBufAttachment; sgt: SgTable }> {
+    checkMapDirection('map', direction);
+    if (!(device instanceof Device)) {
+      throw new DmaBufError('EINVAL', 'attach: expected a Device (for example new CpuDevice())', { op: 'attach' });
+    }
+    const buffer = await DmaBuf.#get(fd, options, { device, direction });
+    try {
+      const attachment = await buffer.attach(device);
+      try {
+        const sgt = await attachment.map(direction, options.signal ? { signal: options.signal } : {});
+        return { buffer, attachment, sgt };
+      } catch (err) {
+        await attachment.detach().catch(() => {});
+        throw err;
+      }
+    } catch (err) {
+      buffer.put();
+      throw err;
+    }
   }
 
   static #lookup(key: string): DmaBuf | undefined {

@@ -19,7 +19,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC, kCreateImported, kReacquire, type GetOptions } from './dma-buf.js';
 import type { DmaBufAttachment } from './attachment.js';
 import type { DmaBufOps, OpContext } from './ops.js';
-import type { DeviceMapping } from './device.js';
+import type { Device, DeviceMapping } from './device.js';
 import type { MemoryObject } from './memory.js';
 import type { DmaDirection } from './direction.js';
 import { DmaBufError } from './errors.js';
@@ -48,6 +48,11 @@ export interface ImportedPriv {
   /** The exporter's process id. */
   pid: number;
   maps: Map<SgTable, { mapping: DeviceMapping; memory: RemoteMemory; map: number }>;
+  /**
+   * An attach and a map the exporter made along with the HELLO (see {@link getMapped}),
+   * waiting for the attach and map calls that consume them.
+   */
+  prefetched?: { device: Device; direction: DmaDirection; attachment: number; reply: Reply | null } | undefined;
 }
 
 /** The exporter's memory as received in this process: a verified memfd. */
@@ -141,9 +146,33 @@ function verifyMemory(fd: number, size: number, pageSize: number, mustBeWriteSea
   if (pageSize !== 4096 && pageSize !== 2 * 1024 * 1024) refuse(`page size ${pageSize} is not supported`);
 }
 
+function deviceDescription(device: Device): Record<string, unknown> {
+  const c = device.constraints;
+  return { name: device.name, kind: device.kind, maxSegmentSize: c.maxSegmentSize, maxSegments: c.maxSegments, segmentAlignment: c.segmentAlignment, pageSize: c.pageSize };
+}
+
+/** Drops prefetched answers nobody consumed, undoing them at the exporter. */
+function dropPrefetched(priv: ImportedPriv): void {
+  const p = priv.prefetched;
+  if (!p) return;
+  priv.prefetched = undefined;
+  if (p.reply) {
+    closeAll(p.reply.fds);
+    const map = p.reply.msg.body.map;
+    if (typeof map === 'number') priv.channel.conn.sendAndForget(MsgType.UNMAP, { map });
+  }
+  priv.channel.conn.sendAndForget(MsgType.DETACH, { attachment: p.attachment });
+}
+
 const importOps: DmaBufOps<ImportedPriv> = {
   async attach(buf, device, attachment) {
     const { channel, handle } = buf.priv;
+    const pre = buf.priv.prefetched;
+    if (pre && pre.device === device) {
+      // Attached along with the HELLO: nothing to ask.
+      attachment.priv = pre.attachment;
+      return;
+    }
     const c = device.constraints;
     const reply = await request('attach', channel, MsgType.ATTACH, {
       buffer: handle,
@@ -173,7 +202,12 @@ const importOps: DmaBufOps<ImportedPriv> = {
       if (typeof map === 'number') channel.conn.sendAndForget(MsgType.UNMAP, { map });
     };
     let reply: Reply;
-    try {
+    const pre = buf.priv.prefetched;
+    if (pre && pre.reply && pre.attachment === attachment.priv && pre.direction === direction) {
+      // Mapped along with the HELLO: the answer is here already.
+      reply = pre.reply;
+      buf.priv.prefetched = undefined;
+    } else try {
       reply = await request('map', channel, MsgType.MAP, { attachment: attachment.priv, direction }, { signal: ctx.signal, onLateReply: undo });
     } catch (err) {
       // The exporter mapped, but its answer lost the memfd (this process is out of
@@ -237,6 +271,7 @@ const importOps: DmaBufOps<ImportedPriv> = {
   },
 
   release(buf) {
+    dropPrefetched(buf.priv);
     const { channel, handle } = buf.priv;
     if (!channel.conn.closed) channel.conn.send(MsgType.PUT, 0, { buffer: handle }).catch(() => {});
   },
@@ -290,7 +325,7 @@ function checkWelcome(body: Record<string, unknown>): { handle: number; size: nu
 }
 
 /** The handshake; see the module description. */
-async function handshake(fd: number, key: string, options: GetOptions): Promise<DmaBuf> {
+async function handshake(fd: number, key: string, options: GetOptions, prefetch?: Prefetch): Promise<DmaBuf> {
   const op = 'get';
   const timeout = options.timeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
   if (!Number.isFinite(timeout) || timeout < 0) throw new DmaBufError('EINVAL', `${op}: timeout must be a non-negative number of milliseconds`, { op });
@@ -306,6 +341,7 @@ async function handshake(fd: number, key: string, options: GetOptions): Promise<
   const [mine, theirs] = native.socketpair(c.SOCK_SEQPACKET, false);
   let conn: Connection | null = null;
   let welcome: Message | null = null;
+  let welcomeFds: number[] = [];
   const onMessage = (_m: Message, fds: number[]): void => closeAll(fds);
   let registeredToken: string | null = null;
   const onClose = (): void => {
@@ -314,7 +350,9 @@ async function handshake(fd: number, key: string, options: GetOptions): Promise<
   try {
     const helloId = 1;
     try {
-      await sendHello(fd, encode(MsgType.HELLO, helloId, { versions: [1], pid: process.pid, tokens: tokensFor(peerPid) }), theirs, deadline, signal);
+      const hello: Record<string, unknown> = { versions: [1], pid: process.pid, tokens: tokensFor(peerPid) };
+      if (prefetch) hello.prefetch = { device: deviceDescription(prefetch.device), direction: prefetch.direction };
+      await sendHello(fd, encode(MsgType.HELLO, helloId, hello), theirs, deadline, signal);
     } finally {
       native.close(theirs);
     }
@@ -331,8 +369,8 @@ async function handshake(fd: number, key: string, options: GetOptions): Promise<
     });
     try {
       const reply = await Promise.race([answer, timedOut, aborted]);
-      closeAll(reply.fds);
       welcome = reply.msg;
+      welcomeFds = reply.fds;
     } catch (err) {
       answer.catch(() => {});
       if (DmaBufError.is(err, 'EPIPE')) {
@@ -366,12 +404,14 @@ async function handshake(fd: number, key: string, options: GetOptions): Promise<
       registeredToken = w.token;
       conn = null;
     }
+    const prefetched = takePrefetched(welcome.body, welcomeFds, prefetch);
+    welcomeFds = [];
     const file = new ImportedFile(fd, key);
     try {
       return DmaBuf[kCreateImported]<ImportedPriv>({
         ops: importOps,
         size: w.size,
-        priv: { channel, handle: w.handle, pid: w.pid, maps: new Map() },
+        priv: { channel, handle: w.handle, pid: w.pid, maps: new Map(), prefetched },
         flags: w.flags,
         name: w.name,
         exporter: w.exporter,
@@ -381,8 +421,27 @@ async function handshake(fd: number, key: string, options: GetOptions): Promise<
       throw err;
     }
   } finally {
+    closeAll(welcomeFds);
     conn?.close();
   }
+}
+
+/** An attach and a map to make along with the handshake. */
+interface Prefetch {
+  device: Device;
+  direction: DmaDirection;
+}
+
+/** The exporter's prefetched attach and map from a welcome, when it made them. */
+function takePrefetched(body: Record<string, unknown>, fds: number[], prefetch: Prefetch | undefined): ImportedPriv['prefetched'] {
+  const p = body.prefetch;
+  if (!prefetch || typeof p !== 'object' || p === null) {
+    closeAll(fds);
+    return undefined;
+  }
+  const b = p as Record<string, unknown>;
+  const attachment = field.uint(b, 'attachment', 0xffffffff);
+  return { device: prefetch.device, direction: prefetch.direction, attachment, reply: { msg: { type: MsgType.REPLY, id: 0, body: b }, fds: [...fds] } };
 }
 
 /**
@@ -392,7 +451,7 @@ async function handshake(fd: number, key: string, options: GetOptions): Promise<
  * @throws {DmaBufError} `EINVAL` for a socket that does not answer the handshake as a
  *   dma-buf; `EPIPE` when the exporter is gone; `EINTR` when `signal` aborts.
  */
-export async function importBuffer(fd: number, key: string, options: GetOptions, lookup: () => DmaBuf | undefined): Promise<DmaBuf> {
+export async function importBuffer(fd: number, key: string, options: GetOptions, lookup: () => DmaBuf | undefined, prefetch?: Prefetch): Promise<DmaBuf> {
   for (;;) {
     const pending = inFlight.get(key);
     if (!pending) break;
@@ -417,7 +476,7 @@ export async function importBuffer(fd: number, key: string, options: GetOptions,
   if (first && tokensFor(peerPid).length === 0) {
     await first.catch(() => {});
   }
-  const p = handshake(fd, key, options ?? {});
+  const p = handshake(fd, key, options ?? {}, prefetch);
   if (peerPid > 0 && tokensFor(peerPid).length === 0 && !firstContact.has(peerPid)) {
     firstContact.set(peerPid, p);
     p.then(() => firstContact.delete(peerPid), () => firstContact.delete(peerPid));

@@ -31,6 +31,13 @@ import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from '.
 /** Most remote attachments one channel may hold at once. */
 export const MAX_ATTACHMENTS_PER_CHANNEL = 65536;
 
+/** What a request produced: the REPLY's body and descriptors, and how to undo it. */
+interface Answer {
+  body: Record<string, unknown>;
+  fds: number[];
+  undo?: () => Promise<void>;
+}
+
 interface RemoteAttachment {
   att: DmaBufAttachment;
   device: RemoteDevice;
@@ -70,6 +77,26 @@ class ServiceChannel {
     this.pid = pid;
   }
 
+  /** Attach and map for a HELLO that asked for them; answers merged into one body. */
+  async prefetch(buf: DmaBuf, wanted: unknown): Promise<Answer> {
+    if (typeof wanted !== 'object' || wanted === null) throw new DmaBufError('EPROTO', 'protocol: field "prefetch" must be an object', { op: 'protocol' });
+    const p = wanted as Record<string, unknown>;
+    const attached = await this.dispatch({ type: MsgType.ATTACH, id: 0, body: { buffer: buf.id, device: p.device } });
+    if (!attached) throw new DmaBufError('EPIPE', 'the importer is gone', { op: 'attach' });
+    try {
+      const mapped = await this.dispatch({ type: MsgType.MAP, id: 0, body: { attachment: attached.body.attachment, direction: p.direction } });
+      if (!mapped) throw new DmaBufError('EPIPE', 'the importer is gone', { op: 'map' });
+      return {
+        body: { prefetch: { attachment: attached.body.attachment, ...mapped.body } },
+        fds: mapped.fds,
+        undo: async () => { await mapped.undo?.(); await attached.undo?.(); },
+      };
+    } catch (err) {
+      await attached.undo?.().catch(() => {});
+      throw err;
+    }
+  }
+
   nextId(): number {
     const id = this.#nextId;
     this.#nextId = id >= 0x7fffffff ? 1 : id + 1;
@@ -107,18 +134,24 @@ class ServiceChannel {
       this.conn.badMessages += 1;
       return;
     }
+    let answer: Answer | undefined;
     try {
-      const reply = await this.#dispatch(msg);
-      if (reply && !this.conn.closed) await reply();
+      answer = await this.dispatch(msg);
+      if (answer && !this.conn.closed) await this.conn.send(MsgType.REPLY, msg.id, answer.body, answer.fds);
     } catch (err) {
+      // An answer that could not be sent: the importer will never know of what it did.
+      if (answer?.undo) await answer.undo().catch(() => {});
       if (msg.id !== 0 && !this.conn.closed) this.#answerError(msg.id, err);
     }
   }
 
-  /** Runs a request; returns how to answer it (or nothing for notifications). */
-  async #dispatch(msg: Message): Promise<(() => Promise<void>) | undefined> {
-    const { body, id } = msg;
-    const ok = (reply: Record<string, unknown> = {}, fds: number[] = []) => () => this.conn.send(MsgType.REPLY, id, reply, fds);
+  /**
+   * Runs a request; returns the answer (undefined for notifications, or when the channel
+   * closed meanwhile and the work was undone).
+   */
+  async dispatch(msg: Message): Promise<Answer | undefined> {
+    const { body } = msg;
+    const ok = (reply: Record<string, unknown> = {}, fds: number[] = [], undo?: () => Promise<void>): Answer => ({ body: reply, fds, ...(undo ? { undo } : {}) });
     switch (msg.type) {
       case MsgType.ATTACH: {
         const buf = this.#buffer(body);
@@ -143,7 +176,11 @@ class ServiceChannel {
         const attId = this.nextId();
         this.attachments.set(attId, { att, device, mapLock: new AsyncLock(), maps: new Set() });
         this.conn.keepAlive(true);
-        return ok({ attachment: attId });
+        return ok({ attachment: attId }, [], async () => {
+          this.attachments.delete(attId);
+          if (this.attachments.size === 0) this.conn.keepAlive(false);
+          await att.detach();
+        });
       }
       case MsgType.DETACH: {
         const [attId, entry] = this.#attachment(body);
@@ -180,23 +217,16 @@ class ServiceChannel {
         this.maps.set(mapId, { attachment: attId, sgt });
         entry.maps.add(mapId);
         const { memory, access } = mapping;
-        const send = ok({
+        return ok({
           map: mapId,
           segments: runs,
           memory: { size: memory.size, pageSize: memory.pageSize, writeSealed: memory.writeSealed },
           access,
-        }, [memory.fd]);
-        return async () => {
-          try {
-            await send();
-          } catch (err) {
-            // The importer will never know of this map: take it back.
-            this.maps.delete(mapId);
-            entry.maps.delete(mapId);
-            if (!entry.att.detached) await entry.att.unmap(sgt).catch(() => {});
-            throw err;
-          }
-        };
+        }, [memory.fd], async () => {
+          this.maps.delete(mapId);
+          entry.maps.delete(mapId);
+          if (!entry.att.detached) await entry.att.unmap(sgt);
+        });
       }
       case MsgType.UNMAP: {
         const mapId = field.uint(body, 'map', 0xffffffff);
@@ -321,19 +351,39 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0)
       tokens = [];
     }
     const existing = tokens.map((t) => channels.get(t)).find((ch) => ch !== undefined && !ch.conn.closed);
-    if (existing) {
-      existing.adopt(buf);
-      try {
-        native.sendmsg(channelFd, encode(MsgType.REPLY, msg.id, describe(buf, existing, true)), [], c.MSG_DONTWAIT);
-      } finally {
-        closeAll([channelFd]);
+    const channel = existing ?? new ServiceChannel(channelFd);
+    if (!existing) channels.set(channel.token, channel);
+    channel.adopt(buf);
+    const welcome = describe(buf, channel, existing !== undefined);
+    const answer = (prefetched: Answer | undefined): void => {
+      const body = prefetched ? { ...welcome, ...prefetched.body } : welcome;
+      const fds = prefetched?.fds ?? [];
+      if (existing) {
+        // The answer goes on the new channel, which is then closed: the importer uses the old one.
+        let sent = false;
+        try {
+          sent = native.sendmsg(channelFd, encode(MsgType.REPLY, msg.id, body), fds, c.MSG_DONTWAIT, true) >= 0;
+        } catch {
+          sent = false;
+        } finally {
+          closeAll([channelFd]);
+        }
+        if (!sent) void prefetched?.undo?.().catch(() => {});
+      } else {
+        channel.conn.send(MsgType.REPLY, msg.id, body, fds).catch(() => {
+          void prefetched?.undo?.().catch(() => {});
+          channel.conn.close();
+        });
       }
+    };
+    const wanted = msg.body.prefetch;
+    if (wanted === undefined) {
+      answer(undefined);
       return;
     }
-    const channel = new ServiceChannel(channelFd);
-    channels.set(channel.token, channel);
-    channel.adopt(buf);
-    channel.conn.send(MsgType.REPLY, msg.id, describe(buf, channel, false)).catch(() => channel.conn.close());
+    // The importer asked for an attach and a map along with the HELLO (one round trip for the
+    // whole hand-off). A failure here is not fatal: the importer then asks again, one by one.
+    void channel.prefetch(buf, wanted).then(answer, () => answer(undefined));
   } catch {
     // The importer will time out; nothing of ours is left open.
   }

@@ -92,11 +92,15 @@ export interface NativeBinding {
    * EAGAIN is thrown.
    */
   sendmsg(fd: number, data: Uint8Array, fds: number[], flags: number): number;
+  /** The same; with `softEagain` true, EAGAIN returns -1 instead of throwing. */
+  sendmsg(fd: number, data: Uint8Array, fds: number[], flags: number, softEagain: true): number;
   /**
    * recvmsg(2) of up to `maxBytes` bytes and `maxFds` descriptors. MSG_CMSG_CLOEXEC is always
    * added. Descriptors of a truncated control message are closed by the addon, never leaked.
    */
   recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number): RecvResult;
+  /** The same; with `softEagain` true, EAGAIN returns null instead of throwing. */
+  recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: true): RecvResult | null;
   /** mmap(2) of `length` bytes of `fd` at `offset`. The handle's finalizer unmaps if needed. */
   mmap(fd: number, length: number, offset: number, prot: number, flags: number): MappingHandle;
   /** The start address of the mapping. */

@@ -168,12 +168,8 @@ export class BufferFile {
     for (let n = 0; n < 256; n++) {
       if (this.#serviceFd < 0) return false;
       let r;
-      try {
-        r = native.recvmsg(this.#serviceFd, SERVICE_MAX_MESSAGE, SERVICE_MAX_FDS, c.MSG_DONTWAIT);
-      } catch (err) {
-        if (DmaBufError.is(err, 'EAGAIN')) return true;
-        throw err;
-      }
+      r = native.recvmsg(this.#serviceFd, SERVICE_MAX_MESSAGE, SERVICE_MAX_FDS, c.MSG_DONTWAIT, true);
+      if (r === null) return true; // EAGAIN: nothing more for now
       if (r.data.length === 0 && r.fds.length === 0) {
         // Zero bytes is end-of-file only when the peer is gone for good (POLLHUP); otherwise
         // it was an empty message, which the protocol never sends: ignore it. At end-of-file

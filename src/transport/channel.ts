@@ -526,12 +526,11 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     while (this.#sendQueue.length > 0 && !this.#closed) {
       const item = this.#sendQueue[0]!;
       try {
-        native.sendmsg(this.#fd, item.data, [item.fd], c.MSG_DONTWAIT);
-      } catch (err) {
-        if (DmaBufError.is(err, 'EAGAIN')) {
-          this.#sendBlocked = true;
+        if (native.sendmsg(this.#fd, item.data, [item.fd], c.MSG_DONTWAIT, true) < 0) {
+          this.#sendBlocked = true; // EAGAIN: wait until the socket is writable
           return;
         }
+      } catch (err) {
         this.#sendQueue.shift();
         if (DmaBufError.is(err, 'EPIPE') || DmaBufError.is(err, 'ECONNRESET')) {
           this.#finishSend(item, peerClosedError('send'));
@@ -598,11 +597,11 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   #drainReceives(): void {
     const c = native.constants;
     while (this.#receivers.length > 0 && !this.#closed && !this.#peerClosed) {
-      let r: RecvResult;
+      let r: RecvResult | null;
       try {
-        r = native.recvmsg(this.#fd, CHANNEL_RECV_MAX_BYTES, CHANNEL_RECV_MAX_FDS, c.MSG_DONTWAIT);
+        r = native.recvmsg(this.#fd, CHANNEL_RECV_MAX_BYTES, CHANNEL_RECV_MAX_FDS, c.MSG_DONTWAIT, true);
+        if (r === null) return; // EAGAIN: nothing more for now
       } catch (err) {
-        if (DmaBufError.is(err, 'EAGAIN')) return;
         if (DmaBufError.is(err, 'ECONNRESET')) {
           this.#onPeerClosed();
           return;

@@ -223,8 +223,7 @@ export class Connection {
   #trySend(data: Buffer, fds: number[]): boolean {
     const c = native.constants;
     try {
-      native.sendmsg(this.#fd, data, fds, c.MSG_DONTWAIT);
-      return true;
+      return native.sendmsg(this.#fd, data, fds, c.MSG_DONTWAIT, true) >= 0;
     } catch (err) {
       if (DmaBufError.is(err, 'EAGAIN')) return false;
       const e = DmaBufError.is(err, 'EPIPE') || DmaBufError.is(err, 'ECONNRESET') ? peerGone('send') : (err as DmaBufError);
@@ -290,9 +289,9 @@ export class Connection {
     for (let n = 0; n < 256 && !this.#closed; n++) {
       let r;
       try {
-        r = native.recvmsg(this.#fd, MAX_MESSAGE + 1, MAX_FDS_PER_MESSAGE, c.MSG_DONTWAIT);
+        r = native.recvmsg(this.#fd, MAX_MESSAGE + 1, MAX_FDS_PER_MESSAGE, c.MSG_DONTWAIT, true);
+        if (r === null) return; // EAGAIN: nothing more for now
       } catch (err) {
-        if (DmaBufError.is(err, 'EAGAIN')) return;
         this.close(DmaBufError.is(err, 'ECONNRESET') ? peerGone('receive') : (err as DmaBufError));
         return;
       }

@@ -236,3 +236,39 @@ test('a descriptor passed through two hops (A to B to C) still reaches the expor
   assert.deepEqual(r.json, [{ c: 'done' }]);
   assert.deepEqual(await read(buf, [200]), [42]);
 });
+
+test('getMapped() imports, attaches and maps in one round trip, with the same result as get, attach and map', async () => {
+  using _alive = keepAlive();
+  using buf = systemHeap.allocate(3 << 20, { name: 'one-trip' });
+  await fill(buf, (v) => { v[0] = 5; v[buf.size - 1] = 6; });
+  const fds = [buf.fd(), buf.fd()];
+  const r = await runChild(`
+    const c = native.constants;
+    const { buffer, attachment, sgt } = await m.DmaBuf.getMapped(3, new m.CpuDevice({ name: 'fast', maxSegmentSize: 1 << 20 }), 'to-device');
+    const v0 = sgt.segments[0].view, vl = sgt.segments[sgt.nents - 1].view;
+    out({ nents: sgt.nents, first: v0[0], last: vl[vl.length - 1], attachments: buffer.attachments.length, maps: attachment.maps.length });
+    // a second get of the same file reuses the object; its attach and map go one by one
+    const again = await m.DmaBuf.getMapped(4, new m.CpuDevice({ name: 'slow' }), 'bidirectional');
+    again.sgt.segments[0].view[1] = 7;
+    out({ same: again.buffer === buffer, attachments: buffer.attachments.length });
+    await again.attachment.detach(); again.buffer.put();
+    await attachment.detach(); buffer.put();`, fds);
+  fds.forEach((fd) => closeSync(fd));
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.json, [{ nents: 3, first: 5, last: 6, attachments: 1, maps: 1 }, { same: true, attachments: 2 }]);
+  assert.deepEqual(await read(buf, [1]), [7]);
+  assert.equal(buf.attachments.length, 0, 'every remote attachment was detached');
+});
+
+test('getMapped() in the exporter\'s own thread is get, attach and map', async () => {
+  using buf = systemHeap.allocate(4096, { name: 'local-one-trip' });
+  const fd = buf.fd();
+  const { buffer, attachment, sgt } = await DmaBuf.getMapped(fd, new CpuDevice(), 'bidirectional');
+  closeSync(fd);
+  assert.equal(buffer, buf);
+  sgt.segments[0]!.view![0] = 9;
+  assert.deepEqual(await read(buf, [0]), [9]);
+  await attachment.detach();
+  buffer.put();
+  await assert.rejects(DmaBuf.getMapped(0, new CpuDevice(), 'none'), (e: unknown) => DmaBufError.is(e, 'EINVAL'));
+});
