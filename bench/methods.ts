@@ -111,9 +111,13 @@ export class DmabufMethod implements Method {
   #buf: DmaBuf | null = null;
   #gc = { count: 0, major: 0, ms: 0 };
 
-  constructor(options: { pageSize?: number } = {}) {
+  /** Whether the receiver uses DmaBuf.getMapped (one round trip) instead of get, attach, map. */
+  readonly oneTrip: boolean;
+
+  constructor(options: { pageSize?: number; oneTrip?: boolean } = {}) {
     this.pageSize = options.pageSize ?? 4096;
-    this.name = this.pageSize > 4096 ? 'dmabuf (2 MiB pages)' : 'dmabuf';
+    this.oneTrip = options.oneTrip ?? false;
+    this.name = (this.pageSize > 4096 ? 'dmabuf (2 MiB pages)' : 'dmabuf') + (this.oneTrip ? ' getMapped' : '');
   }
 
   async start(): Promise<void> {
@@ -160,7 +164,7 @@ export class DmabufMethod implements Method {
     const cpu0 = process.cpuUsage();
     const t0 = now();
     const fd = this.#buf!.fd();
-    this.#link!.send({ op: 'handoff', read, pageSize: this.pageSize }, [fd]);
+    this.#link!.send({ op: 'handoff', read, pageSize: this.pageSize, oneTrip: this.oneTrip }, [fd]);
     native.close(fd);
     const r = await this.#reply();
     const tAck = now();
