@@ -106,15 +106,22 @@ export interface ChildResult {
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
-  /** Every stdout line that parses as JSON. */
-  json: unknown[];
+  /** Every stdout line that parses as a JSON object. */
+  json: Array<Record<string, unknown>>;
 }
 
-/**
- * Starts `node` on an ES module script (the package is imported as `m`; `native` is the
- * addon's binding). `fds` become the child's descriptors 3, 4, ...
- */
+/** How {@link startChild} runs a child. */
+export interface ChildOptions {
+  /** Node options before the script (e.g. `--expose-gc`). */
+  nodeArgs?: string[];
+  /** A shell prefix run before node (e.g. `ulimit -n 64`). */
+  shell?: string;
+  /** Kill the child after this many milliseconds (default: never). */
+  timeoutMs?: number;
+}
+
 const liveChildren = new Set<ChildProcess>();
+const closed = new WeakMap<ChildProcess, Promise<unknown>>();
 
 /**
  * Kills every child started by {@link startChild} that is still running (register it with
@@ -128,34 +135,50 @@ export function reapChildren(): void {
   liveChildren.clear();
 }
 
-export function startChild(body: string, fds: number[] = [], extraArgs: string[] = []): ChildProcess {
+/**
+ * Starts `node` on an ES module script. The script sees `m` (the package), `native` (the
+ * addon's binding) and `out(value)` (prints one JSON line). `fds` become the child's
+ * descriptors 3, 4, ...
+ */
+export function startChild(body: string, fds: number[] = [], options: ChildOptions = {}): ChildProcess {
   const script = `import * as m from ${JSON.stringify(INDEX_URL)};\nimport { native } from ${JSON.stringify(BINDING_URL)};\nconst out = (v) => console.log(JSON.stringify(v, (k, x) => typeof x === 'bigint' ? String(x) : x));\n${body}`;
   const stdio: StdioOptions = ['pipe', 'pipe', 'pipe', ...fds];
-  const child = spawn(process.execPath, [...extraArgs, '--no-warnings', '--input-type=module', '-e', script], { stdio });
+  const args = [...(options.nodeArgs ?? []), '--no-warnings', '--input-type=module', '-e', script];
+  const child = options.shell
+    ? spawn('/bin/sh', ['-c', `${options.shell} && exec "$0" "$@"`, process.execPath, ...args], { stdio })
+    : spawn(process.execPath, args, { stdio });
   liveChildren.add(child);
+  closed.set(child, once(child, 'close'));
+  if (options.timeoutMs !== undefined) {
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs);
+    child.once('exit', () => clearTimeout(timer));
+  }
   child.once('exit', () => liveChildren.delete(child));
   return child;
 }
 
-/** Collects a child's output until it exits. */
+/** Collects a child's output until it has exited and its output streams are closed. */
 export async function finish(child: ChildProcess): Promise<ChildResult> {
   let stdout = '';
   let stderr = '';
   child.stdout?.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
   child.stderr?.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-  const [code, signal] = (child.exitCode !== null || child.signalCode !== null)
-    ? [child.exitCode, child.signalCode]
-    : (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
-  const json: unknown[] = [];
+  await (closed.get(child) ?? once(child, 'close'));
+  const json: Array<Record<string, unknown>> = [];
   for (const line of stdout.split('\n')) {
-    try { json.push(JSON.parse(line)); } catch { /* not JSON */ }
+    try {
+      const v: unknown = JSON.parse(line);
+      if (v && typeof v === 'object') json.push(v as Record<string, unknown>);
+    } catch {
+      // not JSON
+    }
   }
-  return { code, signal, stdout, stderr, json };
+  return { code: child.exitCode, signal: child.signalCode, stdout, stderr, json };
 }
 
 /** Runs a child script to its end. */
-export async function runChild(body: string, fds: number[] = [], extraArgs: string[] = []): Promise<ChildResult> {
-  return finish(startChild(body, fds, extraArgs));
+export async function runChild(body: string, fds: number[] = [], options: ChildOptions = {}): Promise<ChildResult> {
+  return finish(startChild(body, fds, options));
 }
 
 /** Resolves with the first JSON line a child prints that satisfies `pred`. */

@@ -45,12 +45,17 @@ function ringSync(ctlBuf: SharedArrayBuffer, slots: Uint8Array[]): void {
     if (seq < 0) return;
     if (seq === seen) continue;
     seen = seq;
-    const [first, last] = readEnds(slots[ctl[2]!]!);
-    ctl[3] = first;
-    ctl[4] = last;
-    Atomics.store(ctl, 1, seq);
-    Atomics.notify(ctl, 1);
+    answerFrame(ctl, slots, seq);
   }
+}
+
+/** Reads the announced slot's ends and answers frame `seq`. */
+function answerFrame(ctl: Int32Array, slots: Uint8Array[], seq: number): void {
+  const [first, last] = readEnds(slots[ctl[2]!]!);
+  ctl[3] = first;
+  ctl[4] = last;
+  Atomics.store(ctl, 1, seq);
+  Atomics.notify(ctl, 1);
 }
 
 async function ringAsync(ctlBuf: SharedArrayBuffer, slots: Uint8Array[]): Promise<void> {
@@ -63,11 +68,7 @@ async function ringAsync(ctlBuf: SharedArrayBuffer, slots: Uint8Array[]): Promis
     if (seq < 0) return;
     if (seq === seen) continue;
     seen = seq;
-    const [first, last] = readEnds(slots[ctl[2]!]!);
-    ctl[3] = first;
-    ctl[4] = last;
-    Atomics.store(ctl, 1, seq);
-    Atomics.notify(ctl, 1);
+    answerFrame(ctl, slots, seq);
   }
 }
 

@@ -12,11 +12,11 @@ import { Device } from './device.js';
 import { checkMapDirection, isWritableDirection, type DmaDirection } from './direction.js';
 import { SgTable } from './sg-table.js';
 import type { DmaBufOps, OpContext } from './ops.js';
-import { kAttachRemote, kMaps, kOnRelease, kSetDetached, kSetSealed } from './internal.js';
+import { kAttachRemote, kMaps, kOnRelease, kSetDetached } from './internal.js';
 import { warnExperimental } from './experimental.js';
 import * as registry from './registry.js';
 import { native, assertAvailable } from '../native/binding.js';
-import { BufferFile } from '../transport/buffer-file.js';
+import { BufferFile, statKey } from '../transport/buffer-file.js';
 import { handleHello } from './service.js';
 import { importBuffer } from './importer.js';
 import { ensureIntrospection } from './introspect.js'; // hook: dmabuf info (introspect.ts)
@@ -247,7 +247,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     if ((st.mode & c.S_IFMT) !== c.S_IFSOCK) {
       throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is ${describeFileType(st.mode)}, not a dma-buf`, { op });
     }
-    const key = `${st.dev}:${st.ino}`;
+    const key = statKey(st);
     const local = DmaBuf.#lookup(key);
     if (local) {
       local.#reacquire(fd);
@@ -426,10 +426,6 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     else this.#onRelease.push(fn);
   }
 
-  /** @internal */
-  [kSetSealed](): void {
-    this.#sealed = true;
-  }
 
   async #attach(device: Device, live: () => void): Promise<DmaBufAttachment<Priv>> {
     const op = 'attach';

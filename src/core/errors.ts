@@ -76,8 +76,3 @@ export class DmaBufError extends Error {
   }
 }
 
-/** Shorthand used throughout: a new {@link DmaBufError} for operation `op`. */
-export function dmaBufError(code: DmaBufErrorCode, op: string, message: string,
-  options: Omit<DmaBufErrorOptions, 'op'> = {}): DmaBufError {
-  return new DmaBufError(code, `${op}: ${message}`, { ...options, op });
-}

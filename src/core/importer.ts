@@ -325,18 +325,12 @@ function checkWelcome(body: Record<string, unknown>): { handle: number; size: nu
 }
 
 /** The handshake; see the module description. */
-async function handshake(fd: number, key: string, options: GetOptions, prefetch?: Prefetch): Promise<DmaBuf> {
+async function handshake(fd: number, key: string, options: GetOptions, peerPid: number, prefetch?: Prefetch): Promise<DmaBuf> {
   const op = 'get';
   const timeout = options.timeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
   if (!Number.isFinite(timeout) || timeout < 0) throw new DmaBufError('EINVAL', `${op}: timeout must be a non-negative number of milliseconds`, { op });
   const signal = options.signal;
   const deadline = Date.now() + timeout;
-  let peerPid = 0;
-  try {
-    peerPid = native.peerCred(fd).pid;
-  } catch {
-    // no credentials: nothing to reuse
-  }
   const c = native.constants;
   const [mine, theirs] = native.socketpair(c.SOCK_SEQPACKET, false);
   let conn: Connection | null = null;
@@ -476,7 +470,7 @@ export async function importBuffer(fd: number, key: string, options: GetOptions,
   if (first && tokensFor(peerPid).length === 0) {
     await first.catch(() => {});
   }
-  const p = handshake(fd, key, options ?? {}, prefetch);
+  const p = handshake(fd, key, options ?? {}, peerPid, prefetch);
   if (peerPid > 0 && tokensFor(peerPid).length === 0 && !firstContact.has(peerPid)) {
     firstContact.set(peerPid, p);
     p.then(() => firstContact.delete(peerPid), () => firstContact.delete(peerPid));

@@ -14,5 +14,3 @@ export const kSetDetached = Symbol('dmabuf.setDetached');
 export const kAttachRemote = Symbol('dmabuf.attachRemote');
 /** Registers a callback run once when the buffer is released. */
 export const kOnRelease = Symbol('dmabuf.onRelease');
-/** Marks an imported buffer sealed (from the exporter's description). */
-export const kSetSealed = Symbol('dmabuf.setSealed');

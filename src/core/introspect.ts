@@ -29,6 +29,7 @@ import { registered } from './registry.js';
 import { serviceChannels } from './service.js';
 import { importChannels } from './importer.js';
 import { native, own, closeOwned, available, type PollHandle } from '../native/binding.js';
+import { fileKey } from '../transport/buffer-file.js';
 
 /** Version of the snapshot format; bumped on incompatible changes. */
 export const SNAPSHOT_VERSION = 1;
@@ -73,8 +74,8 @@ export interface StorageSnapshot {
   file: string | null;
 }
 
-/** A buffer this thread exported. */
-export interface ExportedSnapshot {
+/** What every buffer's snapshot tells, exported or imported. */
+export interface BufferSnapshot {
   /** The buffer's id in this thread. */
   id: number;
   name: string;
@@ -84,33 +85,25 @@ export interface ExportedSnapshot {
   flags: number;
   /** JavaScript references held in this thread. */
   refs: number;
-  released: boolean;
   sealed: boolean;
   /** `dev:ino` of the buffer's file (a socket): the same in every process that holds it. */
   key: string;
-  /** The storage, when the exporter's private data exposes it (the system heap's does). */
-  storage?: StorageSnapshot;
   attachments: AttachmentSnapshot[];
   /** Live maps over every attachment. */
   maps: number;
 }
 
+/** A buffer this thread exported. */
+export interface ExportedSnapshot extends BufferSnapshot {
+  released: boolean;
+  /** The storage, when the exporter's private data exposes it (the system heap's does). */
+  storage?: StorageSnapshot;
+}
+
 /** A buffer this thread imported from another thread or process. */
-export interface ImportedSnapshot {
-  /** The buffer's id in this thread. */
-  id: number;
-  name: string;
-  exporter: string;
-  size: number;
-  flags: number;
-  refs: number;
-  sealed: boolean;
-  /** `dev:ino` of the buffer's file: the exporter's key. */
-  key: string;
+export interface ImportedSnapshot extends BufferSnapshot {
   /** The exporter's process id. */
   exporterPid: number;
-  attachments: AttachmentSnapshot[];
-  maps: number;
 }
 
 /** One snapshot of a thread. */
@@ -154,8 +147,7 @@ function importedPriv(buf: DmaBuf, tokens: ReadonlySet<string>): ImportedPrivLik
 
 function fileKeyOf(fd: number): string | null {
   try {
-    const st = native.fstat(fd);
-    return `${st.dev}:${st.ino}`;
+    return fileKey(fd);
   } catch {
     return null;
   }

@@ -26,6 +26,7 @@ import { DIRECTIONS, type DmaDirection } from './direction.js';
 import type { SgTable } from './sg-table.js';
 import { native } from '../native/binding.js';
 import { Connection, closeAll } from '../transport/connection.js';
+import { fileKey } from '../transport/buffer-file.js';
 import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from '../transport/protocol.js';
 
 /** Most remote attachments one channel may hold at once. */
@@ -312,8 +313,7 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0)
   if (channelFd >= 0) {
     // A descriptor of a buffer's file is no channel: holding it would keep that buffer alive.
     try {
-      const st = native.fstat(channelFd);
-      if (lookup(`${st.dev}:${st.ino}`)) channelFd = -1;
+      if (lookup(fileKey(channelFd))) channelFd = -1;
     } catch {
       channelFd = -1;
     }

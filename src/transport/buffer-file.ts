@@ -15,10 +15,14 @@
 import { native, own, closeOwned, type PollHandle } from '../native/binding.js';
 import { DmaBufError } from '../core/errors.js';
 
-/** A key identifying an open socket (its inode) in this machine: `dev:ino`. */
-export function fileKey(fd: number): string {
-  const st = native.fstat(fd);
+/** The key of a file from its `fstat`: `dev:ino`, the same for every descriptor of it. */
+export function statKey(st: { dev: bigint; ino: bigint }): string {
   return `${st.dev}:${st.ino}`;
+}
+
+/** A key identifying an open file (a socket: its inode) in this machine: `dev:ino`. */
+export function fileKey(fd: number): string {
+  return statKey(native.fstat(fd));
 }
 
 /** What {@link BufferFile.watch} reports. */
@@ -113,11 +117,6 @@ export class BufferFile {
     const c = native.constants;
     this.#events = events;
     this.#poll = native.pollStart(this.#serviceFd, c.UV_READABLE | c.UV_DISCONNECT, () => this.#onReady());
-  }
-
-  /** Whether the watcher keeps the event loop alive (while remote importers depend on it). */
-  keepAlive(on: boolean): void {
-    if (this.#poll) native.pollRef(this.#poll, on);
   }
 
   /** Tests end-of-file now, without waiting for the event loop. */

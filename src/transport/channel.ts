@@ -14,7 +14,7 @@ import { native, own, closeOwned, type PollHandle, type PeerCred, type RecvResul
 import { DmaBuf } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import { decodeChannelMessage, encodeChannelMessage } from './channel-wire.js';
-import { abortError, checkFd, checkSignal, displayAddress, normalizeAddress } from './unix-util.js';
+import { abortError, checkFd, checkSignal, displayAddress, normalizeAddress, untilClosed } from './unix-util.js';
 
 /** Bytes a receive reads at most; a longer message is truncated and rejected (`EPROTO`). */
 export const CHANNEL_RECV_MAX_BYTES = 64 * 1024;
@@ -443,17 +443,8 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
    * }
    * ```
    */
-  async *[Symbol.asyncIterator](): AsyncGenerator<ReceivedBuffer, void, undefined> {
-    for (;;) {
-      let next: ReceivedBuffer;
-      try {
-        next = await this.receive();
-      } catch (err) {
-        if (DmaBufError.is(err, 'EPIPE')) return;
-        throw err;
-      }
-      yield next;
-    }
+  [Symbol.asyncIterator](): AsyncGenerator<ReceivedBuffer, void, undefined> {
+    return untilClosed(() => this.receive());
   }
 
   /**

@@ -93,11 +93,6 @@ export class Connection {
     return this.#closeReason;
   }
 
-  /** Requests awaiting a reply. */
-  get pendingRequests(): number {
-    return this.#pending.size;
-  }
-
   /**
    * Sends a message (the descriptors are duplicated by the kernel; the caller keeps its own).
    * Waits when the peer's queue is full.

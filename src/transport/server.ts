@@ -10,7 +10,7 @@ import { resolve as resolvePath } from 'node:path';
 import { native, own, closeOwned, type PollHandle } from '../native/binding.js';
 import { DmaBufError } from '../core/errors.js';
 import { BufferChannel } from './channel.js';
-import { abortError, checkSignal, displayAddress, isAbstract, normalizeAddress } from './unix-util.js';
+import { abortError, checkSignal, displayAddress, isAbstract, normalizeAddress, untilClosed } from './unix-util.js';
 
 /** Options of {@link BufferServer.listen}. */
 export interface ListenOptions {
@@ -250,17 +250,8 @@ export class BufferServer implements AsyncIterable<BufferChannel>, AsyncDisposab
    * for await (const channel of server) handle(channel);
    * ```
    */
-  async *[Symbol.asyncIterator](): AsyncGenerator<BufferChannel, void, undefined> {
-    for (;;) {
-      let ch: BufferChannel;
-      try {
-        ch = await this.accept();
-      } catch (err) {
-        if (DmaBufError.is(err, 'EPIPE')) return;
-        throw err;
-      }
-      yield ch;
-    }
+  [Symbol.asyncIterator](): AsyncGenerator<BufferChannel, void, undefined> {
+    return untilClosed(() => this.accept());
   }
 
   /**

@@ -86,3 +86,17 @@ for (const [name, value] of Object.entries(osConstants.errno)) {
 export function uvErrorName(status: number): string {
   return errnoNames.get(-status) ?? 'EIO';
 }
+
+/** Yields `next()` until it fails with `EPIPE` (the end of a channel or a server). */
+export async function* untilClosed<T>(next: () => Promise<T>): AsyncGenerator<T, void, undefined> {
+  for (;;) {
+    let item: T;
+    try {
+      item = await next();
+    } catch (err) {
+      if (DmaBufError.is(err, 'EPIPE')) return;
+      throw err;
+    }
+    yield item;
+  }
+}

@@ -11,6 +11,7 @@
 import { DmaBuf } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import { native } from '../native/binding.js';
+import { fileKey } from './buffer-file.js';
 import { checkFd } from './unix-util.js';
 
 /** The property that marks a buffer message (a string: symbols do not survive `postMessage`). */
@@ -33,11 +34,6 @@ export interface BufferMessage {
 /** Something with `postMessage`: a `Worker`, a `MessagePort`, `parentPort`. */
 export interface MessageTarget {
   postMessage(value: unknown): void;
-}
-
-function keyOf(fd: number): string {
-  const st = native.fstat(fd);
-  return `${st.dev}:${st.ino}`;
 }
 
 /**
@@ -66,7 +62,7 @@ export function postBuffer(port: MessageTarget, buf: DmaBuf, meta?: unknown): vo
   }
   const fd = buf.fd();
   try {
-    const message: BufferMessage = { [BUFFER_MESSAGE_MARKER]: true, fd, key: keyOf(fd), pid: process.pid, meta };
+    const message: BufferMessage = { [BUFFER_MESSAGE_MARKER]: true, fd, key: fileKey(fd), pid: process.pid, meta };
     port.postMessage(message);
   } catch (err) {
     native.close(fd);
@@ -117,7 +113,7 @@ export function receiveBufferFd(message: unknown): { fd: number; meta: unknown }
   const fd = checkFd(message.fd, op);
   let key: string;
   try {
-    key = keyOf(fd);
+    key = fileKey(fd);
   } catch (err) {
     if (DmaBufError.is(err, 'EBADF')) {
       throw new DmaBufError('EBADF', `${op}: descriptor ${fd} of the message is closed (was the message received already, or its descriptor closed by someone else?)`, { op, cause: err });

@@ -21,7 +21,7 @@ import { importChannels } from '../../src/core/importer.js';
 import { MAX_FDS_PER_MESSAGE, MAX_QUEUED_SENDS } from '../../src/transport/connection.js';
 import { HEADER_SIZE, MAX_MESSAGE, MsgType, decode, encode, type Message } from '../../src/transport/protocol.js';
 import {
-  FakeExporter, O_RDONLY, SHRINK_GROW, c, closeFds, closureProbe, describeOutcome, deviceBody, fdCount, mapsMatching,
+  FakeExporter, O_RDONLY, SHRINK_GROW, attachThrough, c, closeFds, detachThrough, importThrough, closureProbe, describeOutcome, deviceBody, fdCount, mapsMatching,
   memfd, patched, peerClosed, rawCycle, rawHandshake, rawRequest, recvMsg, recvRaw, report, runChild, sendRaw,
   seqpacketPair, turns, until, welcomeBody, withBody, type RawChannel,
 } from './raw.js';
@@ -193,10 +193,7 @@ test('malformed: an importer refuses a malformed welcome with a DmaBufError and 
 test('malformed: an importer refuses a malformed reply to a request with a DmaBufError', async () => {
   await withFdCheck(async () => {
     const fe = new FakeExporter();
-    const got = DmaBuf.get(fe.fileEnd);
-    const hello = await fe.hello();
-    await fe.send(MsgType.REPLY, hello.id, welcomeBody());
-    const buf = await got;
+    const buf = await importThrough(fe);
     const cases: [string, (id: number) => Promise<void>, string, RegExp][] = [
       ['attachment missing', (id) => fe.send(MsgType.REPLY, id, {}), 'EPROTO', /field "attachment"/],
       ['attachment is a string', (id) => fe.send(MsgType.REPLY, id, { attachment: '1' }), 'EPROTO', /field "attachment"/],
@@ -294,10 +291,7 @@ test('oversized: a message over MAX_MESSAGE gets EPROTO on a channel and through
 test('oversized: an importer refuses an oversized reply with EPROTO', async () => {
   await withFdCheck(async () => {
     const fe = new FakeExporter();
-    const got = DmaBuf.get(fe.fileEnd);
-    const hello = await fe.hello();
-    await fe.send(MsgType.REPLY, hello.id, welcomeBody());
-    const buf = await got;
+    const buf = await importThrough(fe);
     const p = buf.attach(new CpuDevice());
     const { msg } = await fe.next();
     await fe.sendBytes(withBody(MsgType.REPLY, msg.id, Buffer.from(`{"attachment":1,"pad":"${'z'.repeat(MAX_MESSAGE)}"}`)));
@@ -522,10 +516,7 @@ test('unexpected descriptors: an importer closes descriptors on a welcome, a rep
     closeFds(probes.map(([, s]) => s));
     await until(() => probes.every(([k]) => peerClosed(k)), 3000, 'the importer to close every unexpected descriptor');
     closeFds(probes.map(([k]) => k));
-    const d = att.detach();
-    const dr = await fe.next();
-    await fe.send(MsgType.REPLY, dr.msg.id, {});
-    await d;
+    await detachThrough(fe, att);
     buf.put();
     fe.close();
   });
@@ -543,14 +534,8 @@ test('missing descriptors: a HELLO without a channel is dropped, and a map reply
 
     // The importer's side.
     const fe = new FakeExporter();
-    const got = DmaBuf.get(fe.fileEnd);
-    const hello = await fe.hello();
-    await fe.send(MsgType.REPLY, hello.id, welcomeBody());
-    const buf = await got;
-    const pa = buf.attach(new CpuDevice());
-    const ra = await fe.next();
-    await fe.send(MsgType.REPLY, ra.msg.id, { attachment: 3 });
-    const att = await pa;
+    const buf = await importThrough(fe);
+    const att = await attachThrough(fe, buf, 3);
     for (const [what, fdsFor] of [['no descriptor', () => []], ['two descriptors', () => [memfd('m1', 4096, SHRINK_GROW()), memfd('m2', 4096, SHRINK_GROW())]]] as const) {
       const pm = att.map('to-device');
       const rm = await fe.next();
@@ -564,10 +549,7 @@ test('missing descriptors: a HELLO without a channel is dropped, and a map reply
       assert.deepEqual([undo.msg.type, undo.msg.body], [MsgType.UNMAP, { map: 42 }], what);
       await fe.send(MsgType.REPLY, undo.msg.id, {});
     }
-    const d = att.detach();
-    const dr = await fe.next();
-    await fe.send(MsgType.REPLY, dr.msg.id, {});
-    await d;
+    await detachThrough(fe, att);
     buf.put();
     fe.close();
   });
@@ -602,14 +584,8 @@ test('MSG_CTRUNC: more descriptors than a receiver accepts: all closed, EPROTO o
 test('MSG_CTRUNC: an importer refuses a map reply with too many descriptors with EPROTO and closes them all', async () => {
   await withFdCheck(async () => {
     const fe = new FakeExporter();
-    const got = DmaBuf.get(fe.fileEnd);
-    const hello = await fe.hello();
-    await fe.send(MsgType.REPLY, hello.id, welcomeBody());
-    const buf = await got;
-    const pa = buf.attach(new CpuDevice());
-    const ra = await fe.next();
-    await fe.send(MsgType.REPLY, ra.msg.id, { attachment: 3 });
-    const att = await pa;
+    const buf = await importThrough(fe);
+    const att = await attachThrough(fe, buf, 3);
     const pm = att.map('to-device');
     const rm = await fe.next();
     const probes = Array.from({ length: 6 }, () => closureProbe());
@@ -622,10 +598,7 @@ test('MSG_CTRUNC: an importer refuses a map reply with too many descriptors with
     assert.equal(un.msg.type, MsgType.UNMAP);
     assert.equal(un.msg.body.map, 1);
     closeFds(probes.map(([k]) => k));
-    const d = att.detach();
-    const dr = await fe.next();
-    await fe.send(MsgType.REPLY, dr.msg.id, {});
-    await d;
+    await detachThrough(fe, att);
     buf.put();
     fe.close();
   });
@@ -692,10 +665,7 @@ test('a peer that dies with messages of ours unread: the importer gets EPIPE (no
     // An exporter that goes away without reading the importer's request (ECONNRESET, which
     // libuv reports as a poll error): the request fails as any with the exporter gone.
     const fe = new FakeExporter();
-    const got = DmaBuf.get(fe.fileEnd);
-    const hello = await fe.hello();
-    await fe.send(MsgType.REPLY, hello.id, welcomeBody());
-    const buf = await got;
+    const buf = await importThrough(fe);
     const p = buf.attach(new CpuDevice());
     await until(() => peerClosed(fe.channel) || (native.pollNow(fe.channel, c.POLLIN) & c.POLLIN) !== 0, 3000, 'the ATTACH to arrive');
     fe.closeChannel(); // unread

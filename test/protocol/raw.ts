@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { randomBytes } from 'node:crypto';
 import { native } from '../../src/native/binding.js';
 import { DmaBufError } from '../../src/core/errors.js';
+import { CpuDevice, DmaBuf, type DmaBufAttachment } from '../../src/index.js';
 import { HEADER_SIZE, MAGIC, MAX_MESSAGE, MsgType, VERSION, decode, encode, type Message, type MsgTypeValue } from '../../src/transport/protocol.js';
 
 export const c = native.constants;
@@ -434,4 +435,28 @@ export class Rng {
   u32(): number {
     return this.int(0x100000000) >>> 0;
   }
+}
+
+/** Imports the fake exporter's buffer: get, the HELLO, a well-formed welcome. */
+export async function importThrough(fe: FakeExporter): Promise<DmaBuf> {
+  const got = DmaBuf.get(fe.fileEnd);
+  const hello = await fe.hello();
+  await fe.send(MsgType.REPLY, hello.id, welcomeBody());
+  return got;
+}
+
+/** Attaches a CPU device to a buffer of the fake exporter, which answers with `attachment`. */
+export async function attachThrough(fe: FakeExporter, buf: DmaBuf, attachment: number): Promise<DmaBufAttachment> {
+  const pending = buf.attach(new CpuDevice());
+  const req = await fe.next();
+  await fe.send(MsgType.REPLY, req.msg.id, { attachment });
+  return pending;
+}
+
+/** Detaches through the fake exporter, which answers the DETACH. */
+export async function detachThrough(fe: FakeExporter, att: DmaBufAttachment): Promise<void> {
+  const pending = att.detach();
+  const req = await fe.next();
+  await fe.send(MsgType.REPLY, req.msg.id, {});
+  await pending;
 }

@@ -5,15 +5,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync } from 'node:fs';
-import { execFileSync, spawn } from 'node:child_process';
-import { BINDING_URL, INDEX_URL, finish } from '../helpers.js';
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { finish, startChild } from '../helpers.js';
 import { native } from '../../src/native/binding.js';
 
 const COUNT = Number(process.env.DMABUF_SCALE_COUNT ?? 10_000);
-const prelude = `import * as m from ${JSON.stringify(INDEX_URL)};
-import { native } from ${JSON.stringify(BINDING_URL)};
-import { readdirSync } from 'node:fs';
-const out = (v) => console.log(JSON.stringify(v));
+const prelude = `import { readdirSync } from 'node:fs';
 const fds = () => readdirSync('/proc/self/fd').length;
 const c = native.constants;
 const send = async (data, fdList) => { for (;;) { try { return native.sendmsg(3, data, fdList, c.MSG_DONTWAIT); } catch (e) { if (e.code !== 'EAGAIN') throw e; await new Promise((r) => setTimeout(r, 1)); } } };
@@ -27,12 +24,9 @@ const LIMIT = Math.min(65536, HARD_LIMIT);
 /** Buffers the importer also maps (each mapped buffer costs the exporter its memfd). */
 const MAPPED = Math.min(1000, COUNT);
 
-function spawnLimited(body: string, fd: number): ReturnType<typeof spawn> {
+function spawnLimited(body: string, fd: number): ChildProcess {
   // RLIMIT_NOFILE raised to 65,536 for both processes, as the issue asks (or to the hard limit).
-  return spawn('sh', ['-c', `ulimit -n ${LIMIT} && exec "${process.execPath}" --no-warnings --input-type=module -e "$SCRIPT"`], {
-    stdio: ['pipe', 'pipe', 'pipe', fd],
-    env: { ...process.env, SCRIPT: prelude + body },
-  });
+  return startChild(prelude + body, [fd], { shell: `ulimit -n ${LIMIT}` });
 }
 
 test('10,000 buffers exported by one process are held by another with one descriptor each plus a constant', { timeout: 240_000 }, async (t) => {

@@ -3,18 +3,12 @@
  * package, and rejections with a code.
  */
 import { readdirSync, readlinkSync } from 'node:fs';
-import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { once } from 'node:events';
+import type { ChildProcess } from 'node:child_process';
+import { finish, startChild as startHelperChild, type ChildOptions as HelperChildOptions, type ChildResult } from '../helpers.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { DmaBufError } from '../../src/index.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-/** dist/src/index.js as a file URL. */
-export const INDEX_URL = pathToFileURL(path.resolve(here, '..', '..', 'src', 'index.js')).href;
-/** dist/src/native/binding.js as a file URL. */
-export const BINDING_URL = pathToFileURL(path.resolve(here, '..', '..', 'src', 'native', 'binding.js')).href;
+export { INDEX_URL, BINDING_URL } from '../helpers.js';
 
 /** The descriptors open in this process (less the one readdir itself used). */
 export function openFds(): Set<number> {
@@ -72,62 +66,18 @@ export function isCode(code: string, pattern?: RegExp) {
   };
 }
 
-/** What a child printed and how it ended. */
-export interface ChildResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  /** Every stdout line that parses as JSON. */
-  json: Array<Record<string, unknown>>;
-}
+export { finish } from '../helpers.js';
+export type { ChildResult } from '../helpers.js';
 
-export interface ChildOptions {
+/** How a transport test runs a child: its descriptors, and the shared options. */
+export interface ChildOptions extends HelperChildOptions {
   /** Descriptors that become the child's 3, 4, ... */
   fds?: number[];
-  /** A shell prefix run before node (e.g. 'ulimit -n 64'). */
-  shell?: string;
-  /** Kill the child after this many ms (default 30 s). */
-  timeoutMs?: number;
 }
 
-/**
- * Starts node on an ES module script. The script sees `m` (the package), `native` (the
- * addon's binding) and `out(value)` (prints one JSON line).
- */
+/** Starts a child script (see test/helpers.ts), killed after 30 s unless told otherwise. */
 export function startChild(body: string, options: ChildOptions = {}): ChildProcess {
-  const script = `import * as m from ${JSON.stringify(INDEX_URL)};\n`
-    + `import { native } from ${JSON.stringify(BINDING_URL)};\n`
-    + `const out = (v) => console.log(JSON.stringify(v, (k, x) => typeof x === 'bigint' ? String(x) : x));\n`
-    + body;
-  const stdio: StdioOptions = ['pipe', 'pipe', 'pipe', ...(options.fds ?? [])];
-  const args = ['--no-warnings', '--input-type=module', '-e', script];
-  const child = options.shell
-    ? spawn('/bin/sh', ['-c', `${options.shell} && exec "$0" "$@"`, process.execPath, ...args], { stdio })
-    : spawn(process.execPath, args, { stdio });
-  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 30_000);
-  child.once('exit', () => clearTimeout(timer));
-  return child;
-}
-
-/** Collects a child's output until it exits. */
-export async function finish(child: ChildProcess): Promise<ChildResult> {
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-  const closed = once(child, 'close');
-  await closed;
-  const json: Array<Record<string, unknown>> = [];
-  for (const line of stdout.split('\n')) {
-    try {
-      const v: unknown = JSON.parse(line);
-      if (v && typeof v === 'object') json.push(v as Record<string, unknown>);
-    } catch {
-      // not JSON
-    }
-  }
-  return { code: child.exitCode, signal: child.signalCode, stdout, stderr, json };
+  return startHelperChild(body, options.fds ?? [], { timeoutMs: 30_000, ...options });
 }
 
 /** Runs a child script to its end. */
