@@ -10,8 +10,8 @@ import { DmaBufError } from '../../src/core/errors.js';
 import {
   HEADER_SIZE, MAGIC, MAX_MESSAGE, MAX_SEGMENTS, MAX_SEGMENT_RUNS, MsgType, VERSION,
   decode, encode, field, fromRuns, toRuns, typeName,
-} from '../../src/transport/protocol.js';
-import { remoteError } from '../../src/transport/connection.js';
+} from '../../src/remote/protocol.js';
+import { remoteError } from '../../src/remote/connection.js';
 import { patched, withBody } from './raw.js';
 
 const isCode = (code: string) => (e: unknown): boolean => {

@@ -11,8 +11,8 @@
 import { DmaBuf } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import { native } from '../native/binding.js';
-import { fileKey } from './buffer-file.js';
-import { checkFd } from './unix-util.js';
+import { fileKey } from '../transport/buffer-file.js';
+import { checkFd } from '../transport/unix-util.js';
 
 /** The property that marks a buffer message (a string: symbols do not survive `postMessage`). */
 export const BUFFER_MESSAGE_MARKER = '__dmabufBuffer';

@@ -20,12 +20,12 @@
  * @module
  */
 import { threadId, isMainThread } from 'node:worker_threads';
-import type { DmaBuf } from './dma-buf.js';
-import type { DeviceConstraints } from './device.js';
-import type { DmaDirection } from './direction.js';
+import type { DmaBuf } from '../core/dma-buf.js';
+import type { DeviceConstraints } from '../core/device.js';
+import type { DmaDirection } from '../core/direction.js';
 import { RemoteDevice } from './remote-device.js';
-import { kMaps, kOnRelease } from './internal.js';
-import { registered } from './registry.js';
+import { kMaps, kOnRelease } from '../core/internal.js';
+import { registered } from '../core/registry.js';
 import { serviceChannels } from './service.js';
 import { importChannels } from './importer.js';
 import { native, own, closeOwned, available, type PollHandle } from '../native/binding.js';

@@ -13,8 +13,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { native, own, closeOwned, type PollHandle, type PeerCred, type RecvResult } from '../native/binding.js';
 import { DmaBuf } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
-import { decodeChannelMessage, encodeChannelMessage } from './channel-wire.js';
-import { abortError, checkFd, checkSignal, displayAddress, normalizeAddress, untilClosed } from './unix-util.js';
+import { decodeChannelMessage, encodeChannelMessage } from '../transport/channel-wire.js';
+import { abortError, checkFd, checkSignal, displayAddress, normalizeAddress, untilClosed } from '../transport/unix-util.js';
 
 /** Bytes a receive reads at most; a longer message is truncated and rejected (`EPROTO`). */
 export const CHANNEL_RECV_MAX_BYTES = 64 * 1024;

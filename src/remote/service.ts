@@ -15,19 +15,19 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import type { DmaBuf } from './dma-buf.js';
-import type { DmaBufAttachment } from './attachment.js';
-import { DmaBufError } from './errors.js';
-import { AsyncLock } from './lock.js';
+import type { DmaBuf } from '../core/dma-buf.js';
+import type { DmaBufAttachment } from '../core/attachment.js';
+import { DmaBufError } from '../core/errors.js';
+import { AsyncLock } from '../core/lock.js';
 import { RemoteDevice } from './remote-device.js';
-import { kAttachRemote, kOnRelease } from './internal.js';
-import { lookup } from './registry.js';
-import { DIRECTIONS, type DmaDirection } from './direction.js';
-import type { SgTable } from './sg-table.js';
+import { kAttachRemote, kOnRelease } from '../core/internal.js';
+import { lookup } from '../core/registry.js';
+import { DIRECTIONS, type DmaDirection } from '../core/direction.js';
+import type { SgTable } from '../core/sg-table.js';
 import { native } from '../native/binding.js';
-import { Connection, closeAll } from '../transport/connection.js';
+import { Connection, closeAll } from './connection.js';
 import { fileKey } from '../transport/buffer-file.js';
-import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from '../transport/protocol.js';
+import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from './protocol.js';
 
 /** Most remote attachments one channel may hold at once. */
 export const MAX_ATTACHMENTS_PER_CHANNEL = 65536;

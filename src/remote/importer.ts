@@ -16,18 +16,19 @@
  * @module
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC, kCreateImported, kReacquire, type GetOptions } from './dma-buf.js';
-import type { DmaBufAttachment } from './attachment.js';
-import type { DmaBufOps, OpContext } from './ops.js';
-import type { Device, DeviceMapping } from './device.js';
-import type { MemoryObject } from './memory.js';
-import type { DmaDirection } from './direction.js';
-import { DmaBufError } from './errors.js';
-import { SgTable } from './sg-table.js';
+import { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC, kCreateImported, kReacquire, type GetOptions } from '../core/dma-buf.js';
+import type { DmaBufAttachment } from '../core/attachment.js';
+import type { DmaBufOps, OpContext } from '../core/ops.js';
+import type { Device, DeviceMapping } from '../core/device.js';
+import type { MemoryObject } from '../core/memory.js';
+import type { DmaDirection } from '../core/direction.js';
+import type { ForeignDescriptor, Prefetch } from '../core/hooks.js';
+import { DmaBufError } from '../core/errors.js';
+import { SgTable } from '../core/sg-table.js';
 import { native, own, closeOwned } from '../native/binding.js';
-import { Connection, closeAll, lostReply, type Reply } from '../transport/connection.js';
+import { Connection, closeAll, lostReply, type Reply } from './connection.js';
 import { ImportedFile } from '../transport/imported-file.js';
-import { MsgType, encode, field, fromRuns, type Message } from '../transport/protocol.js';
+import { MsgType, encode, field, fromRuns, type Message } from './protocol.js';
 
 /** Default time the exporter has to answer a HELLO, in milliseconds. */
 export const DEFAULT_HANDSHAKE_TIMEOUT = 2000;
@@ -420,11 +421,6 @@ async function handshake(fd: number, key: string, options: GetOptions, peerPid: 
   }
 }
 
-/** An attach and a map to make along with the handshake. */
-interface Prefetch {
-  device: Device;
-  direction: DmaDirection;
-}
 
 /** The exporter's prefetched attach and map from a welcome, when it made them. */
 function takePrefetched(body: Record<string, unknown>, fds: number[], prefetch: Prefetch | undefined): ImportedPriv['prefetched'] {
@@ -445,7 +441,15 @@ function takePrefetched(body: Record<string, unknown>, fds: number[], prefetch: 
  * @throws {DmaBufError} `EINVAL` for a socket that does not answer the handshake as a
  *   dma-buf; `EPIPE` when the exporter is gone; `EINTR` when `signal` aborts.
  */
-export async function importBuffer(fd: number, key: string, options: GetOptions, lookup: () => DmaBuf | undefined, prefetch?: Prefetch): Promise<DmaBuf> {
+export function importForeign(desc: ForeignDescriptor, options: GetOptions, prefetch: Prefetch | undefined): Promise<DmaBuf> | undefined {
+  const c = native.constants;
+  if ((desc.stat.mode & c.S_IFMT) !== c.S_IFSOCK) return undefined;
+  const info = native.socketInfo(desc.fd);
+  if (info.domain !== c.AF_UNIX || info.type !== c.SOCK_SEQPACKET) return undefined;
+  return importBuffer(desc.fd, desc.key, options, desc.lookup, prefetch);
+}
+
+async function importBuffer(fd: number, key: string, options: GetOptions, lookup: () => DmaBuf | undefined, prefetch: Prefetch | undefined): Promise<DmaBuf> {
   for (;;) {
     const pending = inFlight.get(key);
     if (!pending) break;
