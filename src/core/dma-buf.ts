@@ -12,7 +12,7 @@ import { Device } from './device.js';
 import { checkMapDirection, isWritableDirection, type DmaDirection } from './direction.js';
 import { SgTable } from './sg-table.js';
 import type { DmaBufOps, OpContext } from './ops.js';
-import { kAttachRemote, kMaps, kOnRelease, kSetDetached } from './internal.js';
+import { kAttachRemote, kExportedHere, kMaps, kOnRelease, kSetDetached } from './internal.js';
 import { warnExperimental } from './experimental.js';
 import * as registry from './registry.js';
 import { native, assertAvailable } from '../native/binding.js';
@@ -415,6 +415,11 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     };
     live();
     return this.#attach(device, live);
+  }
+
+  /** @internal Whether this thread exported the buffer (and answers its importers). */
+  get [kExportedHere](): boolean {
+    return this.#file instanceof BufferFile && !this.#released;
   }
 
   /** @internal Runs `fn` once, at release. */

@@ -311,12 +311,24 @@ export function ensureIntrospection(buf: DmaBuf): void {
   }
 }
 
+/**
+ * How long the endpoint stays up after this thread's last buffer went, in milliseconds: a
+ * thread that hands buffers off one after the other (each imported, then put) keeps one
+ * listener instead of opening and closing one per hand-off.
+ */
+const LINGER_MS = 2000;
+let lingering: NodeJS.Timeout | null = null;
+
 function onBufferReleased(): void {
   live -= 1;
-  if (live <= 0) {
-    live = 0;
-    stopIntrospection();
-  }
+  if (live > 0) return;
+  live = 0;
+  if (lingering) return;
+  lingering = setTimeout(() => {
+    lingering = null;
+    if (live === 0) stopIntrospection();
+  }, LINGER_MS);
+  lingering.unref();
 }
 
 function listen(): Listener | null {
@@ -420,6 +432,11 @@ function answer(fd: number, data: Buffer): void {
     done();
   };
   pump();
+}
+
+/** The listener's descriptor in this thread, or -1 (tests leave it out of descriptor counts). */
+export function introspectionFd(): number {
+  return listener?.fd ?? -1;
 }
 
 /**

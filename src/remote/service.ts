@@ -33,7 +33,7 @@ import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from '.
 export const MAX_ATTACHMENTS_PER_CHANNEL = 65536;
 
 /** What a request produced: the REPLY's body and descriptors, and how to undo it. */
-interface Answer {
+export interface Answer {
   body: Record<string, unknown>;
   fds: number[];
   undo?: () => Promise<void>;
@@ -48,16 +48,23 @@ interface RemoteAttachment {
 }
 
 /** One importer thread's channel to this exporter thread. */
-class ServiceChannel {
+export class ServiceChannel {
   readonly token: string;
   readonly conn: Connection;
   readonly pid: number;
   readonly buffers = new Map<number, DmaBuf>();
+  /** Grants of each buffer not yet consumed by a PUT (see {@link adopt}). */
+  readonly grants = new Map<number, number>();
   readonly attachments = new Map<number, RemoteAttachment>();
   readonly maps = new Map<number, { attachment: number; sgt: SgTable }>();
   #nextId = 1;
 
-  constructor(fd: number) {
+  /**
+   * Takes ownership of `fd`, the exporter's end of the channel. `pid` is the importer's
+   * process when known (a channel this thread created for a hand-off: its own socketpair's
+   * credentials would name this process); else it is read from `SO_PEERCRED`.
+   */
+  constructor(fd: number, pid?: number) {
     this.token = randomBytes(16).toString('hex');
     this.conn = new Connection(fd, {
       onMessage: (msg, fds) => { closeAll(fds); void this.#handle(msg); },
@@ -69,13 +76,16 @@ class ServiceChannel {
       },
       onClose: () => this.#cleanup(),
     });
-    let pid = 0;
-    try {
-      pid = this.conn.peer().pid;
-    } catch {
-      // a peer that is already gone: cleanup follows at the first poll
+    if (pid === undefined) {
+      pid = 0;
+      try {
+        pid = this.conn.peer().pid;
+      } catch {
+        // a peer that is already gone: cleanup follows at the first poll
+      }
     }
     this.pid = pid;
+    channels.set(this.token, this);
   }
 
   /** Attach and map for a HELLO that asked for them; answers merged into one body. */
@@ -104,10 +114,32 @@ class ServiceChannel {
     return id;
   }
 
+  /**
+   * Lets the importer reach `buf` on this channel: it proved it holds the buffer's file (a
+   * HELLO through the file, or a hand-off that carried the file). Each grant is counted; the
+   * importer's PUT says how many it consumed, so a PUT that crosses a newer hand-off of the
+   * same buffer does not revoke it.
+   */
   adopt(buf: DmaBuf): void {
+    this.grants.set(buf.id, (this.grants.get(buf.id) ?? 0) + 1);
     if (this.buffers.has(buf.id)) return;
     this.buffers.set(buf.id, buf);
-    buf[kOnRelease](() => this.buffers.delete(buf.id));
+    buf[kOnRelease](() => { this.buffers.delete(buf.id); this.grants.delete(buf.id); this.#closeIfIdle(); });
+  }
+
+  #closeWhenIdle = false;
+
+  /**
+   * Closes the channel once the importer holds nothing through it (no buffer, no attachment):
+   * for a hand-off channel whose route (the buffer channel, the worker) is gone.
+   */
+  closeWhenIdle(): void {
+    this.#closeWhenIdle = true;
+    this.#closeIfIdle();
+  }
+
+  #closeIfIdle(): void {
+    if (this.#closeWhenIdle && !this.conn.closed && this.buffers.size === 0 && this.attachments.size === 0) this.conn.close();
   }
 
   #answerError(id: number, err: unknown): void {
@@ -130,7 +162,7 @@ class ServiceChannel {
   }
 
   async #handle(msg: Message): Promise<void> {
-    if (msg.id === 0 && msg.type !== MsgType.PUT) {
+    if (msg.id === 0 && !NOTIFICATIONS.has(msg.type)) {
       // A request nobody can be answered for (id 0 is for notifications): refuse to run it.
       this.conn.badMessages += 1;
       return;
@@ -138,6 +170,8 @@ class ServiceChannel {
     let answer: Answer | undefined;
     try {
       answer = await this.dispatch(msg);
+      this.#closeIfIdle();
+      if (msg.id === 0) return; // a notification: nobody waits for an answer
       if (answer && !this.conn.closed) await this.conn.send(MsgType.REPLY, msg.id, answer.body, answer.fds);
     } catch (err) {
       // An answer that could not be sent: the importer will never know of what it did.
@@ -241,7 +275,14 @@ class ServiceChannel {
       }
       case MsgType.PUT: {
         const bufId = field.uint(body, 'buffer', 0xffffffff);
-        this.buffers.delete(bufId);
+        const consumed = body.grants === undefined ? Infinity : field.uint(body, 'grants', 0xffffffff);
+        const left = (this.grants.get(bufId) ?? 0) - consumed;
+        if (left > 0) {
+          this.grants.set(bufId, left);
+        } else {
+          this.buffers.delete(bufId);
+          this.grants.delete(bufId);
+        }
         return undefined;
       }
       default:
@@ -256,6 +297,7 @@ class ServiceChannel {
     this.attachments.clear();
     this.maps.clear();
     this.buffers.clear();
+    this.grants.clear();
     for (const entry of left) {
       if (!entry.att.detached) {
         entry.att.detach().catch((err: unknown) => {
@@ -266,8 +308,21 @@ class ServiceChannel {
   }
 }
 
+/**
+ * What an importer may send with id 0, as a notification that is not answered: PUT, and the
+ * UNMAP and DETACH of an importer that does not wait for the exporter (its own side is undone
+ * already). They are run in order with the channel's requests.
+ */
+const NOTIFICATIONS: ReadonlySet<number> = new Set([MsgType.PUT, MsgType.UNMAP, MsgType.DETACH]);
+
 /** This thread's channels, by token. */
 const channels = new Map<string, ServiceChannel>();
+
+/** The live channel with this token. */
+export function serviceChannel(token: string): ServiceChannel | undefined {
+  const ch = channels.get(token);
+  return ch && !ch.conn.closed ? ch : undefined;
+}
 
 /** The channels of this exporter thread (for introspection and tests). */
 export function serviceChannels(): { token: string; pid: number; buffers: number; attachments: number; maps: number }[] {
@@ -275,7 +330,7 @@ export function serviceChannels(): { token: string; pid: number; buffers: number
 }
 
 /** The buffer's description, as the importer receives it. */
-function describe(buf: DmaBuf, channel: ServiceChannel, reused: boolean): Record<string, unknown> {
+export function describe(buf: DmaBuf, channel: ServiceChannel, reused: boolean): Record<string, unknown> {
   return {
     buffer: buf.id,
     size: buf.size,
@@ -352,7 +407,6 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0)
     }
     const existing = tokens.map((t) => channels.get(t)).find((ch) => ch !== undefined && !ch.conn.closed);
     const channel = existing ?? new ServiceChannel(channelFd);
-    if (!existing) channels.set(channel.token, channel);
     channel.adopt(buf);
     const welcome = describe(buf, channel, existing !== undefined);
     const answer = (prefetched: Answer | undefined): void => {
