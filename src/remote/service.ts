@@ -55,6 +55,9 @@ export class ServiceChannel {
   readonly buffers = new Map<number, DmaBuf>();
   /** Grants of each buffer not yet consumed by a PUT (see {@link adopt}). */
   readonly grants = new Map<number, number>();
+  /** Requests answered on this channel, and notifications (id 0) run: for introspection and tests. */
+  requests = 0;
+  notifications = 0;
   readonly attachments = new Map<number, RemoteAttachment>();
   readonly maps = new Map<number, { attachment: number; sgt: SgTable }>();
   #nextId = 1;
@@ -168,6 +171,8 @@ export class ServiceChannel {
       return;
     }
     let answer: Answer | undefined;
+    if (msg.id === 0) this.notifications += 1;
+    else this.requests += 1;
     try {
       answer = await this.dispatch(msg);
       this.#closeIfIdle();
@@ -325,8 +330,8 @@ export function serviceChannel(token: string): ServiceChannel | undefined {
 }
 
 /** The channels of this exporter thread (for introspection and tests). */
-export function serviceChannels(): { token: string; pid: number; buffers: number; attachments: number; maps: number }[] {
-  return [...channels.values()].map((c) => ({ token: c.token, pid: c.pid, buffers: c.buffers.size, attachments: c.attachments.size, maps: c.maps.size }));
+export function serviceChannels(): { token: string; pid: number; buffers: number; attachments: number; maps: number; requests: number; notifications: number }[] {
+  return [...channels.values()].map((c) => ({ token: c.token, pid: c.pid, buffers: c.buffers.size, attachments: c.attachments.size, maps: c.maps.size, requests: c.requests, notifications: c.notifications }));
 }
 
 /** The buffer's description, as the importer receives it. */
