@@ -10,6 +10,16 @@
       "configurations": {
         "Release": { "cflags!": ["-O3"], "cflags": ["-O2"] }
       }
+    },
+    {
+      "target_name": "dmabuf_views",
+      "sources": ["native/views.cc"],
+      "cflags": ["-O2", "-Wall", "-Wextra"],
+      "cflags_cc": ["-fno-exceptions", "-fno-rtti"],
+      "ldflags": ["-Wl,-z,now"],
+      "configurations": {
+        "Release": { "cflags!": ["-O3"], "cflags": ["-O2"] }
+      }
     }
   ]
 }
