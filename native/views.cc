@@ -109,6 +109,12 @@ NAPI_MODULE_INIT() {
       napi_set_named_property(env, exports, "moduleVersion", built) != napi_ok) {
     return nullptr;
   }
+#ifdef V8_ENABLE_SANDBOX
+  /* A V8 sandbox (Electron) refuses ArrayBuffers over memory outside it. */
+  return SetString(env, exports, "reason", "this V8 has a sandbox: no views over mapped memory") == napi_ok
+             ? exports
+             : nullptr;
+#endif
   int running = RunningModuleVersion(env);
   if (running != NODE_MODULE_VERSION) {
     char reason[160];
