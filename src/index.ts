@@ -22,7 +22,7 @@ export type { DmaBufErrorCode, DmaBufErrorOptions } from './core/errors.js';
 export { SystemHeap, systemHeap, hugePagesAvailable } from './heaps/system.js';
 export type { AllocateOptions, Heap, StorageInfo, SystemBufferPriv } from './heaps/system.js';
 export { CpuDevice } from './devices/cpu.js';
-export { available, unavailableReason } from './native/binding.js';
+export { available, unavailableReason, viewsUncounted, countedViewsReason } from './native/binding.js';
 // Descriptor-passing helpers (issue 3): buffer channels, servers, worker threads.
 export { BufferChannel, CHANNEL_RECV_MAX_BYTES, CHANNEL_RECV_MAX_FDS } from './share/channel.js';
 export type { ChannelOperationOptions, ConnectOptions, ReceivedBuffer, ReceivedFd } from './share/channel.js';
