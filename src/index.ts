@@ -32,4 +32,6 @@ export { postBuffer, isBufferMessage, receiveBuffer, receiveBufferFd, BUFFER_MES
 export type { BufferMessage, MessageTarget } from './share/worker.js';
 export { encodeChannelMessage, decodeChannelMessage, CHANNEL_MAGIC, CHANNEL_VERSION, CHANNEL_HEADER_SIZE, CHANNEL_MAX_META, ChannelMessageType } from './transport/channel-wire.js';
 export type { ChannelMessage } from './transport/channel-wire.js';
+export { setServiceLimits, serviceLimits, DEFAULT_SERVICE_LIMITS } from './remote/limits.js';
+export type { ServiceLimits } from './remote/limits.js';
 export { introspect, type Snapshot, type ExportedSnapshot, type ImportedSnapshot, type AttachmentSnapshot, type StorageSnapshot } from './remote/introspect.js'; // dmabuf info

@@ -28,9 +28,9 @@ import { native } from '../native/binding.js';
 import { Connection, closeAll } from './connection.js';
 import { fileKey } from '../transport/buffer-file.js';
 import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from './protocol.js';
+import { charge, refund } from './limits.js';
+import { warnLimited } from './warn.js';
 
-/** Most remote attachments one channel may hold at once. */
-export const MAX_ATTACHMENTS_PER_CHANNEL = 65536;
 
 /** What a request produced: the REPLY's body and descriptors, and how to undo it. */
 export interface Answer {
@@ -68,8 +68,29 @@ export class ServiceChannel {
    * credentials would name this process); else it is read from `SO_PEERCRED`.
    */
   constructor(fd: number, pid?: number) {
+    if (pid === undefined) {
+      try {
+        pid = native.peerCred(fd).pid;
+      } catch {
+        pid = 0; // a peer that is already gone: cleanup follows at the first poll
+      }
+    }
+    // Counted before anything is kept: past the limit the caller closes `fd`.
+    charge(pid, 'channels', 'hello');
     this.token = randomBytes(16).toString('hex');
-    this.conn = new Connection(fd, {
+    const charged = pid;
+    try {
+      this.conn = this.#connect(fd);
+    } catch (err) {
+      refund(charged, 'channels');
+      throw err;
+    }
+    this.pid = pid;
+    channels.set(this.token, this);
+  }
+
+  #connect(fd: number): Connection {
+    return new Connection(fd, {
       onMessage: (msg, fds) => { closeAll(fds); void this.#handle(msg); },
       onBadMessage: (err, id, kind) => {
         // An exporter sends no requests, so a reply reaching it means the channel is not an
@@ -79,16 +100,6 @@ export class ServiceChannel {
       },
       onClose: () => this.#cleanup(),
     });
-    if (pid === undefined) {
-      pid = 0;
-      try {
-        pid = this.conn.peer().pid;
-      } catch {
-        // a peer that is already gone: cleanup follows at the first poll
-      }
-    }
-    this.pid = pid;
-    channels.set(this.token, this);
   }
 
   /** Attach and map for a HELLO that asked for them; answers merged into one body. */
@@ -195,9 +206,6 @@ export class ServiceChannel {
     switch (msg.type) {
       case MsgType.ATTACH: {
         const buf = this.#buffer(body);
-        if (this.attachments.size >= MAX_ATTACHMENTS_PER_CHANNEL) {
-          throw new DmaBufError('ENOMEM', `attach: a channel may hold at most ${MAX_ATTACHMENTS_PER_CHANNEL} attachments`, { op: 'attach' });
-        }
         const d = body.device;
         if (typeof d !== 'object' || d === null) throw new DmaBufError('EPROTO', 'protocol: field "device" must be an object', { op: 'protocol' });
         const dev = d as Record<string, unknown>;
@@ -208,8 +216,16 @@ export class ServiceChannel {
           segmentAlignment: field.uint(dev, 'segmentAlignment'),
           pageSize: field.uint(dev, 'pageSize'),
         }, field.str(dev, 'kind', 64), this.pid);
-        const att = await buf[kAttachRemote](device);
+        charge(this.pid, 'attachments', 'attach');
+        let att: DmaBufAttachment;
+        try {
+          att = await buf[kAttachRemote](device);
+        } catch (err) {
+          refund(this.pid, 'attachments');
+          throw err;
+        }
         if (this.conn.closed) {
+          refund(this.pid, 'attachments');
           await att.detach();
           return undefined;
         }
@@ -217,7 +233,7 @@ export class ServiceChannel {
         this.attachments.set(attId, { att, device, mapLock: new AsyncLock(), maps: new Set() });
         this.conn.keepAlive(true);
         return ok({ attachment: attId }, [], async () => {
-          this.attachments.delete(attId);
+          if (this.attachments.delete(attId)) refund(this.pid, 'attachments');
           if (this.attachments.size === 0) this.conn.keepAlive(false);
           await att.detach();
         });
@@ -225,7 +241,9 @@ export class ServiceChannel {
       case MsgType.DETACH: {
         const [attId, entry] = this.#attachment(body);
         this.attachments.delete(attId);
+        refund(this.pid, 'attachments');
         for (const m of entry.maps) this.maps.delete(m);
+        refund(this.pid, 'maps', entry.maps.size);
         // An exporter stays alive while importers hold attachments: it answers their maps.
         if (this.attachments.size === 0) this.conn.keepAlive(false);
         await entry.att.detach();
@@ -234,15 +252,27 @@ export class ServiceChannel {
       case MsgType.MAP: {
         const [attId, entry] = this.#attachment(body);
         const direction = field.oneOf(body, 'direction', DIRECTIONS) as DmaDirection;
-        const { sgt, mapping } = await entry.mapLock.run('map', async () => {
-          const table = await entry.att.map(direction);
-          return { sgt: table, mapping: entry.device.takePending() };
-        });
+        charge(this.pid, 'maps', 'map');
+        let made;
+        try {
+          made = await entry.mapLock.run('map', async () => {
+            const table = await entry.att.map(direction);
+            return { sgt: table, mapping: entry.device.takePending() };
+          });
+        } catch (err) {
+          refund(this.pid, 'maps');
+          throw err;
+        }
+        const { sgt, mapping } = made;
+        // From here the map counts until it is in this.maps, then until it leaves it.
+        const uncount = (): void => refund(this.pid, 'maps');
         if (!mapping) {
+          uncount();
           await entry.att.unmap(sgt);
           throw new DmaBufError('EINVAL', `map: the exporter "${entry.att.dmabuf.exporter}" has no memory a device in another process can map`, { op: 'map' });
         }
         if (this.conn.closed || !this.attachments.has(attId)) {
+          uncount();
           if (!entry.att.detached) await entry.att.unmap(sgt).catch(() => {});
           return undefined;
         }
@@ -250,6 +280,7 @@ export class ServiceChannel {
         try {
           runs = toRuns(sgt.segments);
         } catch (err) {
+          uncount();
           await entry.att.unmap(sgt);
           throw err;
         }
@@ -263,7 +294,7 @@ export class ServiceChannel {
           memory: { size: memory.size, pageSize: memory.pageSize, writeSealed: memory.writeSealed },
           access,
         }, [memory.fd], async () => {
-          this.maps.delete(mapId);
+          if (this.maps.delete(mapId)) uncount();
           entry.maps.delete(mapId);
           if (!entry.att.detached) await entry.att.unmap(sgt);
         });
@@ -273,6 +304,7 @@ export class ServiceChannel {
         const m = this.maps.get(mapId);
         if (!m) throw new DmaBufError('EINVAL', `unmap: map ${mapId} is not a live map of this channel`, { op: 'unmap' });
         this.maps.delete(mapId);
+        refund(this.pid, 'maps');
         const entry = this.attachments.get(m.attachment);
         entry?.maps.delete(mapId);
         if (entry && !entry.att.detached) await entry.att.unmap(m.sgt);
@@ -298,6 +330,9 @@ export class ServiceChannel {
   /** The importer is gone: undo what it left, as if it had. */
   #cleanup(): void {
     channels.delete(this.token);
+    refund(this.pid, 'channels');
+    refund(this.pid, 'attachments', this.attachments.size);
+    refund(this.pid, 'maps', this.maps.size);
     const left = [...this.attachments.values()];
     this.attachments.clear();
     this.maps.clear();
@@ -306,7 +341,7 @@ export class ServiceChannel {
     for (const entry of left) {
       if (!entry.att.detached) {
         entry.att.detach().catch((err: unknown) => {
-          process.emitWarning(`dmabuf: cleaning up after an importer (pid ${this.pid}) failed: ${String(err)}`, 'DmaBufWarning');
+          warnLimited('cleanup', `cleaning up after an importer (pid ${this.pid}) failed: ${String(err)}`);
         });
       }
     }
@@ -358,7 +393,7 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0)
   if (flags & c.MSG_CTRUNC) {
     // The kernel dropped the HELLO's channel: this process is out of descriptors. The
     // importer cannot be answered; it will time out. Say why here, where it can be fixed.
-    process.emitWarning(`dmabuf: an importer's HELLO for buffer "${buf.name}" lost its descriptor (MSG_CTRUNC): this process is probably out of descriptors (EMFILE); raise RLIMIT_NOFILE`, 'DmaBufWarning');
+    warnLimited('ctrunc', `an importer's HELLO for buffer "${buf.name}" lost its descriptor (MSG_CTRUNC): this process is probably out of descriptors (EMFILE); raise RLIMIT_NOFILE`);
   }
   // The one descriptor must be a connected SEQPACKET Unix socket: the importer's channel.
   let channelFd = -1;
@@ -411,7 +446,21 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0)
       tokens = [];
     }
     const existing = tokens.map((t) => channels.get(t)).find((ch) => ch !== undefined && !ch.conn.closed);
-    const channel = existing ?? new ServiceChannel(channelFd);
+    let channel: ServiceChannel;
+    try {
+      channel = existing ?? new ServiceChannel(channelFd);
+    } catch (err) {
+      // Over its limit of channels (or out of resources): refused, and nothing kept.
+      const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err));
+      try {
+        native.sendmsg(channelFd, encode(MsgType.ERROR, msg.id, { code: e.code, message: e.message }), [], c.MSG_DONTWAIT);
+      } catch {
+        // the importer is gone or does not read
+      }
+      closeAll([channelFd]);
+      if (e.code === 'ENOSPC') warnLimited('channels', `refused a channel for buffer "${buf.name}": ${e.message}`);
+      return;
+    }
     channel.adopt(buf);
     const welcome = describe(buf, channel, existing !== undefined);
     const answer = (prefetched: Answer | undefined): void => {
