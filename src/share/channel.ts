@@ -490,6 +490,9 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
       }
     } catch (err) {
       const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err), { cause: err });
+      if (e.code === 'EMFILE' || e.code === 'ENFILE') {
+        throw new DmaBufError(e.code, `receive: this process is out of descriptors (RLIMIT_NOFILE, see ulimit -n), so the buffer could not be imported; close descriptors and buffers you no longer need, or raise the limit (the message's descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
+      }
       throw new DmaBufError(e.code, `receive: the peer sent a descriptor that is not a buffer this process can get (the descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
     } finally {
       closeQuietly(fd);
