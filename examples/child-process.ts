@@ -34,11 +34,12 @@ async function parent(): Promise<void> {
   closeSync(frameFd);
   closeSync(theirs);
 
+  // channel.peer names the child from its first message on (before it, only the pair's creator).
   const { buffer: result, meta } = await channel.receive({ signal: AbortSignal.timeout(30_000) });
   const reader = await result.attach(new CpuDevice({ name: 'parent-reader' }));
   const r = await reader.map('to-device');
   const ok = r.segments.every((seg) => seg.view!.every((b) => b === 0xf0));
-  console.log(`[parent] result "${result.name}" (${result.size} bytes) from pid ${channel.peer.pid}: ${JSON.stringify(meta)}, contents ${ok ? 'inverted as expected' : 'WRONG'}`);
+  console.log(`[parent] pid ${process.pid}: result "${result.name}" (${result.size} bytes) from pid ${channel.peer.pid}: ${JSON.stringify(meta)}, contents ${ok ? 'inverted as expected' : 'WRONG'}`);
   await reader.unmap(r);
   await reader.detach();
   result.put();
@@ -82,7 +83,7 @@ async function child(): Promise<void> {
 
   await channel.send(output, { op: 'invert', from: input.name });
   output.put();
-  console.log('[child] sent the inverted frame');
+  console.log(`[child] pid ${process.pid} sent the inverted frame to pid ${channel.peer.pid}`);
 
   // We export the result: stay until the parent hangs up.
   try {

@@ -238,9 +238,14 @@ ssize_t sys_sendmsg(int fd, const void *data, size_t length, const int *fds, siz
 
 ssize_t sys_recvmsg(int fd, void *data, size_t cap, int *fds, size_t max_fds, size_t *nfds,
                     int flags, int *msg_flags) {
+  return sys_recvmsg_cred(fd, data, cap, fds, max_fds, nfds, flags, msg_flags, NULL);
+}
+
+ssize_t sys_recvmsg_cred(int fd, void *data, size_t cap, int *fds, size_t max_fds, size_t *nfds,
+                         int flags, int *msg_flags, sys_cred *cred) {
   if (max_fds > SYS_SCM_MAX_FD) max_fds = SYS_SCM_MAX_FD;
   union {
-    char buf[CMSG_SPACE(SYS_SCM_MAX_FD * sizeof(int))];
+    char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(SYS_SCM_MAX_FD * sizeof(int))];
     struct cmsghdr align;
   } control;
   char dummy;
@@ -249,12 +254,16 @@ ssize_t sys_recvmsg(int fd, void *data, size_t cap, int *fds, size_t max_fds, si
   memset(&msg, 0, sizeof(msg));
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  if (max_fds > 0) {
+  /* The kernel writes the credentials first, then the descriptors (net/core/scm.c). */
+  size_t room = (cred != NULL ? CMSG_SPACE(sizeof(struct ucred)) : 0) +
+                (max_fds > 0 ? CMSG_SPACE(max_fds * sizeof(int)) : 0);
+  if (room > 0) {
     msg.msg_control = control.buf;
-    msg.msg_controllen = CMSG_SPACE(max_fds * sizeof(int));
+    msg.msg_controllen = room;
   }
   *nfds = 0;
   *msg_flags = 0;
+  if (cred != NULL) memset(cred, 0, sizeof(*cred));
   RETRY(ssize_t, r, recvmsg(fd, &msg, flags | MSG_CMSG_CLOEXEC));
   if (r == -1) return -errno;
   /*
@@ -262,9 +271,19 @@ ssize_t sys_recvmsg(int fd, void *data, size_t cap, int *fds, size_t max_fds, si
    * more than max_fds; those (and any other surplus) are closed here, never leaked.
    */
   size_t kept = 0;
-  if (max_fds > 0) {
+  if (room > 0) {
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      if (c->cmsg_level != SOL_SOCKET) continue;
+      if (c->cmsg_type == SCM_CREDENTIALS && cred != NULL &&
+          c->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
+        struct ucred u;
+        memcpy(&u, CMSG_DATA(c), sizeof(u));
+        cred->pid = (int32_t)u.pid;
+        cred->uid = (uint32_t)u.uid;
+        cred->gid = (uint32_t)u.gid;
+        continue;
+      }
+      if (c->cmsg_type != SCM_RIGHTS) continue;
       if (c->cmsg_len < CMSG_LEN(0)) continue;
       size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       const unsigned char *p = CMSG_DATA(c);
@@ -283,6 +302,12 @@ ssize_t sys_recvmsg(int fd, void *data, size_t cap, int *fds, size_t max_fds, si
   /* The kernel echoes MSG_CMSG_CLOEXEC (an input flag we added) in msg_flags; drop it. */
   *msg_flags = msg.msg_flags & ~MSG_CMSG_CLOEXEC;
   return r;
+}
+
+int sys_set_passcred(int fd, int on) {
+  int v = on ? 1 : 0;
+  RETRY(int, r, setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &v, sizeof(v)));
+  return r == -1 ? -errno : 0;
 }
 
 int sys_mmap(int fd, size_t length, int64_t offset, int prot, int flags, void **addr) {

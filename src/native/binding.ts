@@ -27,6 +27,8 @@ export interface RecvResult {
   fds: number[];
   /** The msg_flags the kernel returned (MSG_TRUNC, MSG_CTRUNC, ...), less the echoed MSG_CMSG_CLOEXEC. */
   flags: number;
+  /** The sender's credentials (SCM_CREDENTIALS), when asked for and the message carried them. */
+  cred?: PeerCred;
 }
 
 /** Result of {@link NativeBinding.fstat}. */
@@ -70,6 +72,8 @@ export interface NativeBinding {
   socketInfo(fd: number): { domain: number; type: number };
   /** getsockopt SO_PEERCRED. */
   peerCred(fd: number): PeerCred;
+  /** setsockopt SO_PASSCRED: while on, the kernel attaches the sender's credentials to each message. */
+  setPassCred(fd: number, on: boolean): void;
   /** socketpair(AF_UNIX, type | SOCK_CLOEXEC [| SOCK_NONBLOCK]). */
   socketpair(type: number, nonblock: boolean): [number, number];
   /** socket(AF_UNIX, type | SOCK_CLOEXEC [| SOCK_NONBLOCK]). */
@@ -99,8 +103,11 @@ export interface NativeBinding {
    * added. Descriptors of a truncated control message are closed by the addon, never leaked.
    */
   recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number): RecvResult;
-  /** The same; with `softEagain` true, EAGAIN returns null instead of throwing. */
-  recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: true): RecvResult | null;
+  /**
+   * The same; with `softEagain` true, EAGAIN returns null instead of throwing. With `cred`
+   * true there is room for SCM_CREDENTIALS too, and the result carries them when present.
+   */
+  recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: true, cred?: boolean): RecvResult | null;
   /** mmap(2) of `length` bytes of `fd` at `offset`. The handle's finalizer unmaps if needed. */
   mmap(fd: number, length: number, offset: number, prot: number, flags: number): MappingHandle;
   /** The start address of the mapping. */
