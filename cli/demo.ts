@@ -90,7 +90,7 @@ async function pipeline(mode: 'zero-copy' | 'copy', o: Required<Omit<DemoOptions
       const buf = systemHeap.allocate(o.frameSize, { name: `demo-frame-${i}` });
       const att = await buf.attach(new CpuDevice({ name: 'producer' }));
       const sgt: SgTable = await att.map('bidirectional');
-      frames.push({ buf, view: sgt.segments[0]!.view!, busy: 0 });
+      frames.push({ buf, view: sgt.views()[0]!, busy: 0 });
       fdsForChild.push(buf.fd({ cloexec: false }));
       fdsForWorker.push(buf.fd());
       cleanup.push(async () => { await att.detach(); buf.put(); });

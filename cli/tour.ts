@@ -37,13 +37,14 @@ export async function tour(options: { size?: number; log?: (line: string) => voi
   const storage = systemHeap.storage(buf);
   log(`5. map     writer: ${wt.nents} segment(s); reader: ${rt.nents} segment(s) of at most 1 MiB; storage now allocated: ${fmtBytes(storage.size)} memfd, ${storage.pageSize}-byte pages (${Number(t1 - t0) / 1000} µs)`);
 
-  const wv = wt.segments[0]!.view!;
+  const wv = wt.views()[0]!;
   const message = Buffer.from('hello from the writer, zero copies');
   wv.set(message, 0);
   wv[size - 1] = 0x42;
-  const last = rt.segments[rt.nents - 1]!;
-  const seen = Buffer.from(rt.segments[0]!.view!.subarray(0, message.length)).toString();
-  log(`6. share   writer wrote ${message.length} bytes at offset 0 and one at ${size - 1}; reader reads "${seen}" and 0x${last.view![last.length - 1]!.toString(16)} (same memory: ${wt.segments[0]!.address!.toString(16)} vs ${rt.segments[0]!.address!.toString(16)} are two mappings of it)`);
+  const rv = rt.views();
+  const last = rv[rv.length - 1]!;
+  const seen = Buffer.from(rv[0]!.subarray(0, message.length)).toString();
+  log(`6. share   writer wrote ${message.length} bytes at offset 0 and one at ${size - 1}; reader reads "${seen}" and 0x${last[last.length - 1]!.toString(16)} (same memory: ${wt.segments[0]!.address!.toString(16)} vs ${rt.segments[0]!.address!.toString(16)} are two mappings of it)`);
 
   await writer.unmap(wt);
   await reader.unmap(rt);
