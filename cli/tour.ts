@@ -6,6 +6,7 @@
  */
 import { closeSync } from 'node:fs';
 import { CpuDevice, DmaBuf, systemHeap } from '../src/index.js';
+import { integerOption, parseOptions, type Command } from './args.js';
 
 function fmtBytes(n: number): string {
   return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`;
@@ -56,3 +57,27 @@ export async function tour(options: { size?: number; log?: (line: string) => voi
   exported.put();
   log(`8. release every reference put and every descriptor closed: released=${exported.released}, storage allocated=${systemHeap.storage(exported).allocated}`);
 }
+
+/** `dmabuf tour`: its command line. */
+export const tourCommand: Command = {
+  name: 'tour',
+  synopsis: '[--size BYTES]',
+  summary: 'one buffer, step by step: export, fd, get, attach, map, share, release',
+  usage: `usage: dmabuf tour [--size BYTES]
+
+One buffer, step by step, in one process: export, fd, get, attach, map, a write seen
+through another device's view, unmap, detach, put and release.
+
+  --size BYTES  the buffer's size (default ${16 * 1024 * 1024}: 16 MiB)
+  -h, --help    this text`,
+  async run(argv) {
+    const v = parseOptions(argv, { size: { type: 'string' } });
+    if (v.help) {
+      console.log(this.usage);
+      return 0;
+    }
+    const size = integerOption(v.size, 'size');
+    await tour(size === undefined ? {} : { size });
+    return 0;
+  },
+};
