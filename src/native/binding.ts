@@ -1,5 +1,6 @@
 /**
- * The only module that loads the native addon (`build/Release/dmabuf.node`).
+ * The only module that loads the native addon: `build/Release/dmabuf.node` after a build from
+ * source, else the prebuilt one for this platform (see `addon.ts`).
  *
  * The addon is a thin layer of system-call wrappers written in C through Node-API. Each
  * wrapper throws, on failure, an `Error` with `code` (the errno name, e.g. `'EBADF'`),
@@ -10,9 +11,8 @@
  * @module
  */
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
 import { DmaBufError } from '../core/errors.js';
+import { addonPath } from './addon.js';
 
 /** An mmap'ed region owned by the addon. Opaque. */
 export type MappingHandle = object & { readonly __mapping: unique symbol };
@@ -206,27 +206,16 @@ function load(): { binding: NativeBinding | null; reason: string } {
   if (process.platform !== 'linux') {
     return { binding: null, reason: `dma-buf sharing needs Linux; this is ${process.platform}` };
   }
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  // dist/src/native -> package root
-  const root = path.resolve(here, '..', '..', '..');
   const require = createRequire(import.meta.url);
-  const candidates = [
-    path.join(root, 'build', 'Release', 'dmabuf.node'),
-    path.join(root, 'build', 'Debug', 'dmabuf.node'),
-  ];
-  let firstError: unknown;
-  for (const file of candidates) {
-    try {
-      return { binding: require(file) as NativeBinding, reason: '' };
-    } catch (err) {
-      firstError ??= err;
-    }
+  try {
+    return { binding: require(addonPath()) as NativeBinding, reason: '' };
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    return {
+      binding: null,
+      reason: `the native addon failed to load (${msg.split('\n')[0]}); run "npm install" in the package folder, which uses the prebuilt addon for this platform or builds one (python3, make and a C compiler needed)`,
+    };
   }
-  const msg = firstError instanceof Error ? firstError.message : String(firstError);
-  return {
-    binding: null,
-    reason: `the native addon failed to load (${msg.split('\n')[0]}); run "npm install" (or "npx node-gyp rebuild") in the package folder`,
-  };
 }
 
 const loaded = load();
