@@ -96,10 +96,15 @@ for (const t of napiTargets) {
   const dir = path.join(prebuilds, `linux-${t.arch}`);
   for (const f of existsSync(dir) ? readdirSync(dir) : []) if (f.startsWith(`dmabuf.napi.${t.libc}.`)) rmSync(path.join(dir, f));
   run(process.execPath, [prebuildify, '--napi', '--strip', '--tag-libc', '--name=dmabuf.napi', `--arch=${t.arch}`, `--target=${process.versions.node}`],
-    { ...baseEnv, PREBUILD_LIBC: t.libc, ...t.env });
+    // GYP_DEFINES: binding.gyp builds the views target only when dmabuf_views is 1 (its default).
+    { ...baseEnv, PREBUILD_LIBC: t.libc, GYP_DEFINES: 'dmabuf_views=0', ...t.env });
 }
 
-// The views addon, once binding.gyp has it.
+// The views addon, once binding.gyp has it. binding.gyp is expected to guard that target with
+// a variable, so that the C addon's passes above (and musl, which has no C++ compiler here)
+// leave it out:
+//   "variables": { "dmabuf_views%": 1 },
+//   "conditions": [["dmabuf_views==1", { "targets": [{ "target_name": "dmabuf_views", ... }] }]]
 const gypText = readFileSync(path.join(root, 'binding.gyp'), 'utf8');
 if (/"target_name"\s*:\s*"dmabuf_views"/.test(gypText)) {
   const cache = path.join(os.homedir(), '.cache', 'dmabuf', 'node-headers');
