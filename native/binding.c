@@ -606,6 +606,16 @@ static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+static napi_value js_set_passcred(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, on;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bool(env, argv[1], "on", &on) != 0) return NULL;
+  int r = sys_set_passcred(fd, on);
+  if (r < 0) return throw_errno(env, "setsockopt", -r);
+  return NULL;
+}
+
 static napi_value js_socketpair(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t type;
@@ -723,7 +733,7 @@ static void close_all(const int *fds, size_t n) {
 }
 
 static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
-  ARGS(5);
+  ARGS(6);
   int fd;
   uint64_t max_bytes, max_fds;
   uint32_t flags;
@@ -741,8 +751,10 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   int fds[SYS_SCM_MAX_FD];
   size_t nfds = 0;
   int msg_flags = 0;
-  ssize_t r = sys_recvmsg(fd, buf, (size_t)max_bytes, fds, (size_t)max_fds, &nfds,
-                          (int)flags, &msg_flags);
+  int want_cred = arg_soft_eagain(env, argv[5]); /* the same "is it true" test */
+  sys_cred cred;
+  ssize_t r = sys_recvmsg_cred(fd, buf, (size_t)max_bytes, fds, (size_t)max_fds, &nfds,
+                               (int)flags, &msg_flags, want_cred ? &cred : NULL);
   if (r < 0) {
     free(buf);
     if (r == -EAGAIN && arg_soft_eagain(env, argv[4])) {
@@ -767,6 +779,12 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   ok = ok && napi_set_named_property(env, obj, "data", data) == napi_ok &&
        napi_set_named_property(env, obj, "fds", arr) == napi_ok &&
        napi_set_named_property(env, obj, "flags", flags_v) == napi_ok;
+  if (ok && want_cred && cred.pid != 0) {
+    napi_value c;
+    ok = napi_create_object(env, &c) == napi_ok && set_number(env, c, "pid", cred.pid) == 0 &&
+         set_number(env, c, "uid", cred.uid) == 0 && set_number(env, c, "gid", cred.gid) == 0 &&
+         napi_set_named_property(env, obj, "cred", c) == napi_ok;
+  }
   free(buf);
   if (!ok) {
     throw_napi(env);
@@ -1642,6 +1660,7 @@ NAPI_MODULE_INIT() {
       FN("setNonblock", js_set_nonblock),
       FN("socketInfo", js_socket_info),
       FN("peerCred", js_peer_cred),
+      FN("setPassCred", js_set_passcred),
       FN("socketpair", js_socketpair),
       FN("socket", js_socket),
       FN("bind", js_bind),

@@ -1,6 +1,7 @@
 /**
- * The only module that loads the native addons (`build/Release/dmabuf.node` and, optionally,
- * `build/Release/dmabuf_views.node`).
+ * The only module that loads the native addons: `dmabuf.node` and, optionally,
+ * `dmabuf_views.node`, from a build from source or the prebuilt ones for this platform (see
+ * `addon.ts`).
  *
  * The addon is a thin layer of system-call wrappers written in C through Node-API. Each
  * wrapper throws, on failure, an `Error` with `code` (the errno name, e.g. `'EBADF'`),
@@ -18,10 +19,9 @@
  * @module
  */
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
 import { markAsUntransferable } from 'node:worker_threads';
 import { DmaBufError } from '../core/errors.js';
+import { addonPath, viewsAddonPath } from './addon.js';
 
 /** An mmap'ed region owned by the addon. Opaque. */
 export type MappingHandle = object & { readonly __mapping: unique symbol };
@@ -36,6 +36,8 @@ export interface RecvResult {
   fds: number[];
   /** The msg_flags the kernel returned (MSG_TRUNC, MSG_CTRUNC, ...), less the echoed MSG_CMSG_CLOEXEC. */
   flags: number;
+  /** The sender's credentials (SCM_CREDENTIALS), when asked for and the message carried them. */
+  cred?: PeerCred;
 }
 
 /** Result of {@link NativeBinding.fstat}. */
@@ -79,6 +81,8 @@ export interface NativeBinding {
   socketInfo(fd: number): { domain: number; type: number };
   /** getsockopt SO_PEERCRED. */
   peerCred(fd: number): PeerCred;
+  /** setsockopt SO_PASSCRED: while on, the kernel attaches the sender's credentials to each message. */
+  setPassCred(fd: number, on: boolean): void;
   /** socketpair(AF_UNIX, type | SOCK_CLOEXEC [| SOCK_NONBLOCK]). */
   socketpair(type: number, nonblock: boolean): [number, number];
   /** socket(AF_UNIX, type | SOCK_CLOEXEC [| SOCK_NONBLOCK]). */
@@ -108,8 +112,11 @@ export interface NativeBinding {
    * added. Descriptors of a truncated control message are closed by the addon, never leaked.
    */
   recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number): RecvResult;
-  /** The same; with `softEagain` true, EAGAIN returns null instead of throwing. */
-  recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: true): RecvResult | null;
+  /**
+   * The same; with `softEagain` true, EAGAIN returns null instead of throwing. With `cred`
+   * true there is room for SCM_CREDENTIALS too, and the result carries them when present.
+   */
+  recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: true, cred?: boolean): RecvResult | null;
   /** mmap(2) of `length` bytes of `fd` at `offset`. The handle's finalizer unmaps if needed. */
   mmap(fd: number, length: number, offset: number, prot: number, flags: number): MappingHandle;
   /** The start address of the mapping. */
@@ -218,36 +225,17 @@ function firstLine(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split('\n')[0] ?? '';
 }
 
-/**
- * Loads the addon `name` (`dmabuf` or `dmabuf_views`) of this package; throws the first
- * failure. The one place that knows where addons live (a prebuild loader would go here).
- */
-function loadAddon(name: string): unknown {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  // dist/src/native -> package root
-  const root = path.resolve(here, '..', '..', '..');
-  const require = createRequire(import.meta.url);
-  let firstError: unknown;
-  for (const dir of ['Release', 'Debug']) {
-    try {
-      return require(path.join(root, 'build', dir, `${name}.node`));
-    } catch (err) {
-      firstError ??= err;
-    }
-  }
-  throw firstError;
-}
-
 function load(): { binding: NativeBinding | null; reason: string } {
   if (process.platform !== 'linux') {
     return { binding: null, reason: `dma-buf sharing needs Linux; this is ${process.platform}` };
   }
+  const require = createRequire(import.meta.url);
   try {
-    return { binding: loadAddon('dmabuf') as NativeBinding, reason: '' };
+    return { binding: require(addonPath()) as NativeBinding, reason: '' };
   } catch (err) {
     return {
       binding: null,
-      reason: `the native addon failed to load (${firstLine(err)}); run "npm install" (or "npx node-gyp rebuild") in the package folder`,
+      reason: `the native addon failed to load (${firstLine(err)}); run "npm install" in the package folder, which uses the prebuilt addon for this platform or builds one (python3, make and a C compiler needed)`,
     };
   }
 }
@@ -261,9 +249,11 @@ interface ViewsAddon { factory?: object; moduleVersion?: number; reason?: string
  */
 function useUncountedViews(b: NativeBinding): string {
   if (process.env['DMABUF_COUNTED_VIEWS'] === '1') return 'DMABUF_COUNTED_VIEWS=1 is set';
+  const file = viewsAddonPath();
+  if (file === null) return `no dmabuf_views.node for this platform and Node ABI ${process.versions.modules}`;
   let views: ViewsAddon;
   try {
-    views = loadAddon('dmabuf_views') as ViewsAddon;
+    views = createRequire(import.meta.url)(file) as ViewsAddon;
   } catch (err) {
     return `dmabuf_views.node did not load (${firstLine(err)})`;
   }
