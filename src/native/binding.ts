@@ -13,6 +13,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { DmaBufError } from '../core/errors.js';
+import type { KernelBinding } from './kernel-binding.js';
 
 /** An mmap'ed region owned by the addon. Opaque. */
 export type MappingHandle = object & { readonly __mapping: unique symbol };
@@ -43,7 +44,7 @@ export interface StatResult {
 export interface PeerCred { pid: number; uid: number; gid: number; }
 
 /** The functions of the addon. Numbers are plain descriptors; sizes are safe integers. */
-export interface NativeBinding {
+export interface NativeBinding extends KernelBinding {
   /** memfd_create(2). `flags` are MFD_* (MFD_CLOEXEC is always added). */
   memfdCreate(name: string, flags: number): number;
   /** fcntl(F_ADD_SEALS). */
@@ -233,7 +234,10 @@ export const available: boolean = loaded.binding !== null;
 function wrapAll(b: NativeBinding): NativeBinding {
   const out: Record<string, unknown> = { constants: b.constants };
   for (const [name, fn] of Object.entries(b)) {
-    if (typeof fn !== 'function') continue;
+    if (typeof fn !== 'function') {
+      out[name] = fn; // constants objects (constants, kernelConstants)
+      continue;
+    }
     out[name] = (...args: unknown[]) => {
       try {
         return (fn as (...a: unknown[]) => unknown)(...args);
@@ -251,7 +255,7 @@ function unsupported(reason: string): NativeBinding {
   };
   return new Proxy({} as NativeBinding, {
     get(_t, prop) {
-      if (prop === 'constants') return fail();
+      if (prop === 'constants' || prop === 'kernelConstants') return fail();
       return fail;
     },
   });
