@@ -84,6 +84,20 @@ export function mapRefusedError(err: unknown, exporter: string): unknown {
   return new DmaBufError(err.code, `${op}: the exporter "${exporter}" of this kernel dma-buf refused to let the CPU map it (mmap failed with ${err.code}); it may not support CPU access at all`, opts);
 }
 
+/**
+ * Checks a name for `DMA_BUF_SET_NAME`: at most 31 bytes of UTF-8 (`DMA_BUF_NAME_LEN`, 32,
+ * counts the terminator).
+ *
+ * @throws {DmaBufError} `EINVAL` for a longer name.
+ */
+export function checkKernelName(op: string, name: string): void {
+  const max = native.kernelConstants.DMA_BUF_NAME_LEN - 1;
+  const bytes = Buffer.byteLength(name);
+  if (bytes > max) {
+    throw new DmaBufError('EINVAL', `${op}: a kernel dma-buf's name holds at most ${max} bytes (DMA_BUF_NAME_LEN is ${max + 1} with the terminator); "${name}" has ${bytes}`, { op });
+  }
+}
+
 /** The descriptor of a kernel buffer, for ioctls. */
 function heldFd(buf: DmaBuf<KernelBufferPriv>, op: string): number {
   const fd = buf.priv.file.fd;
@@ -148,11 +162,7 @@ const kernelOps: DmaBufOps<KernelBufferPriv> = {
 
   setName(buf: DmaBuf<KernelBufferPriv>, name: string): void {
     const op = 'setName';
-    const max = native.kernelConstants.DMA_BUF_NAME_LEN - 1;
-    const bytes = Buffer.byteLength(name);
-    if (bytes > max) {
-      throw new DmaBufError('EINVAL', `${op}: a kernel dma-buf's name holds at most ${max} bytes (DMA_BUF_NAME_LEN is ${max + 1} with the terminator); "${name}" has ${bytes}`, { op });
-    }
+    checkKernelName(op, name);
     try {
       native.dmaBufSetName(heldFd(buf, op), name);
     } catch (err) {

@@ -6,7 +6,8 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import path from 'node:path';
 import { BufferChannel, CpuDevice, V4l2Capture, systemHeap, toKernelDmaBuf, isKernelBuffer } from '../../../src/index.js';
 import { runChild, startChild, finish, reapChildren, waitFor } from '../../helpers.js';
@@ -94,4 +95,17 @@ test('V4L2 capture from vivid: a frame handed zero-copy to another process shows
   assert.ok(next.sequence > frame.sequence);
   next.requeue();
   channel.close();
+});
+
+test('examples/camera: every frame is mapped in the child process and shows the bars', { skip: needsVivid() }, () => {
+  const file = fileURLToPath(new URL('../../../examples/camera.js', import.meta.url));
+  const r = spawnSync(process.execPath, ['--no-warnings', file, '/dev/video0', '3'], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const seen = [...r.stdout.matchAll(/mapped "v4l2:video0:\d+" in pid \d+, middle line luma by eighths: ((?:\d+ ?){8})/g)];
+  assert.equal(seen.length, 3, r.stdout);
+  for (const [, lumas] of seen) {
+    const y = lumas!.trim().split(' ').map(Number);
+    assert.ok(y.every((v, i) => i === 0 || v < y[i - 1]!), `the bars darken from left to right: ${lumas}`);
+  }
+  assert.match(r.stdout, /\[parent\] done/);
 });
