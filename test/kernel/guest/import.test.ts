@@ -6,6 +6,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, readSync, writeSync, closeSync, openSync, readlinkSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import { DmaBuf, DmaBufError, CpuDevice, O_RDONLY, describeKernelDescriptor, dmaHeap, dmaHeaps, isKernelBuffer, systemHeap, toKernelDmaBuf } from '../../../src/index.js';
 import { native } from '../../../src/native/binding.js';
 import { openFdTargets } from '../../helpers.js';
@@ -13,6 +16,8 @@ import { Vgem, vgemCard } from './vgem.js';
 import { needsDmaHeap, needsUdmabuf, needsVgem } from './needs.js';
 
 const c = () => native.constants;
+const execFileAsync = promisify(execFile);
+const CLI = fileURLToPath(new URL('../../../cli/dmabuf.js', import.meta.url));
 const dmabufFds = (): number => openFdTargets().filter((t) => t.startsWith('/dmabuf:')).length;
 const fdinfo = (fd: number): string => readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
 
@@ -142,6 +147,13 @@ test('setName uses DMA_BUF_SET_NAME: the name shows in fdinfo and /proc/self/fd;
   assert.equal(buf.name, 'camera-frame');
   assert.match(fdinfo(fd), /^name:\s+camera-frame$/m);
   assert.equal(readlinkSync(`/proc/self/fd/${fd}`), '/dmabuf:camera-frame');
+  // dmabuf info lists it once, as a kernel dma-buf, with its name and this thread's attachment.
+  const att = await buf.attach(new CpuDevice({ name: 'info-check' }));
+  const { stdout } = await execFileAsync(process.execPath, ['--no-warnings', CLI, 'info', '--json', '--pid', String(process.pid)]);
+  const listed = (JSON.parse(stdout) as { buffers: Array<{ kind: string; key: string; name: string; exporter: string; attachments: Array<{ device: string }> }> }).buffers.filter((b) => b.key === buf.key);
+  assert.equal(listed.length, 1, JSON.stringify(listed));
+  assert.deepEqual([listed[0]!.kind, listed[0]!.name, listed[0]!.exporter, listed[0]!.attachments.map((a) => a.device)], ['kernel', 'camera-frame', 'udmabuf', ['info-check']]);
+  await att.detach();
   const max = 'n'.repeat(31);
   buf.setName(max);
   assert.match(fdinfo(fd), new RegExp(`^name:\\s+${max}$`, 'm'));
