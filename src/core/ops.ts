@@ -20,8 +20,10 @@ export interface OpContext {
 
 /**
  * The callbacks an exporter gives to {@link DmaBuf.export}. The core calls them and never
- * knows which exporter it holds. Every call of one buffer's ops (but `release`) is made with
- * the buffer's lock held: no two run interleaved, even when they await.
+ * knows which exporter it holds. Every call of one buffer's ops is made with the buffer's
+ * lock held (no two run interleaved, even when they await), but `release`, `beginCpuAccess`,
+ * `endCpuAccess` and `setName`: those touch no attachment, and a wait for fences must not
+ * hold up maps.
  */
 export interface DmaBufOps<Priv = unknown> {
   /**
