@@ -13,7 +13,8 @@
  * TSC as the guest's clock (its default there, jiffies, ticks every 4 ms):
  *
  *   RIKVM_APPEND="clocksource=tsc tsc=reliable" test/kernel/vm/run-in-kernel-vm.sh -b node \
- *     -s "$PWD" -C "$PWD" -M vivid -- node dist/bench/kernel/vivid-handoff.js [--frames N]
+ *     -s "$PWD" -C "$PWD" -M vivid -e HOST_LOAD="$(cut -d' ' -f1 /proc/loadavg)" \
+ *     -- node dist/bench/kernel/vivid-handoff.js [--frames N]
  *
  * Writes bench/results/vivid-handoff-<date>.json and .md (or --out DIR).
  */
@@ -144,8 +145,8 @@ try {
 const lines = [
   `# A vivid frame handed to another process: zero-copy against read() copies (${started.toISOString().slice(0, 10)})`,
   '',
-  `Machine: ${m.description}; clock source ${clock}. ${FRAMES} frames per row after ${WARMUP} warm-up frames; times from the frame being ready to the receiver's answer: median (mean, p90).`,
-  'Command: `RIKVM_APPEND="clocksource=tsc tsc=reliable" test/kernel/vm/run-in-kernel-vm.sh -b node -s "$PWD" -C "$PWD" -M vivid -- node dist/bench/kernel/vivid-handoff.js' + (FRAMES !== 30 ? ` --frames ${FRAMES}` : '') + '`',
+  `Machine: ${m.description}; clock source ${clock}${process.env.HOST_LOAD ? `; the host's load average at the start: ${process.env.HOST_LOAD}` : ''}. ${FRAMES} frames per row after ${WARMUP} warm-up frames; times from the frame being ready to the receiver's answer: median (mean, p90).`,
+  'Command: `RIKVM_APPEND="clocksource=tsc tsc=reliable" test/kernel/vm/run-in-kernel-vm.sh -b node -s "$PWD" -C "$PWD" -M vivid -e HOST_LOAD="$(cut -d\' \' -f1 /proc/loadavg)" -- node dist/bench/kernel/vivid-handoff.js' + (FRAMES !== 30 ? ` --frames ${FRAMES}` : '') + '`',
   '',
   '| frame | consumer | zero-copy per frame | read() per frame | read() / zero-copy | frame bytes copied (zero-copy / read()) |',
   '| --- | --- | --- | --- | --- | --- |',
