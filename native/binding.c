@@ -34,6 +34,7 @@
 #include "sys.h"
 #include "views.h"
 #include <poll.h>
+#include "kernel_binding.h"
 
 /* Newer than the C library's headers on some systems (values from the kernel's uapi). */
 #ifndef MFD_HUGE_2MB
@@ -1690,5 +1691,6 @@ NAPI_MODULE_INIT() {
       {"constants", NULL, NULL, NULL, NULL, constants, napi_enumerable, NULL},
   };
   NAPI(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
+  if (kernel_binding_init(env, exports) != 0) return NULL;
   return exports;
 }

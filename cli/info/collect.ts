@@ -147,10 +147,13 @@ export async function collect(options: InfoOptions = {}): Promise<Report> {
     const mappings = mappingsOf(scan, k);
     const path = scan.maps.find((m) => m.key === k)?.path ?? '';
     const info = held?.info ?? { size: Math.max(0, ...mappings.map((m) => m.bytes)), count: null, expName: '', name: path.startsWith('/dmabuf:') ? path.slice(8) : '' };
+    // A thread that imported this kernel dma-buf described it as its own: list it once, here.
+    const described = buffers.get(k);
+    buffers.delete(k);
     buffers.set(`kernel:${k}`, {
       kind: 'kernel', key: k, name: info.name, exporter: info.expName || 'unknown', size: info.size,
       exporterPid: null, exporterThread: null, id: null, refs: null, count: info.count, flags: null, sealed: null,
-      storage: null, attachments: [], maps: mappings.reduce((n, m) => n + m.count, 0), importers: [],
+      storage: null, attachments: described?.attachments ?? [], maps: mappings.reduce((n, m) => n + m.count, 0), importers: [],
       holders: sorted(held?.pids ?? []), mappers: mappings.map((m) => m.pid), mappings, storageHolders: [],
     });
   }

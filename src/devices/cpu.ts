@@ -25,6 +25,11 @@ interface CachedMapping {
  *   mappings: a stray write through such a view never reaches the buffer and never crashes
  *   the process. Reads follow the buffer's later writes on every page the view has not
  *   itself written; a page it wrote stops following them.
+ * - Memory that can only be mapped shared (`memory.sharedOnly`: kernel dma-bufs, whose
+ *   exporters refuse private mappings) gets the cached shared mapping for reads too: a stray
+ *   write through a read view reaches the buffer. Memory sealed against writes (a read-only
+ *   kernel descriptor) is then mapped `PROT_READ`, and a write through its view kills the
+ *   process with `SIGSEGV`: JavaScript has no read-only `ArrayBuffer`.
  * - Unmap detaches the views first: a stale view has `byteLength` 0.
  *
  * @example
@@ -51,13 +56,14 @@ export class CpuDevice extends Device {
   mapMemory(request: MapMemoryRequest): DeviceMapping {
     const { memory, access } = request;
     const c = native.constants;
-    if (access === 'write') {
-      if (memory.writeSealed) {
+    if (access === 'write' || memory.sharedOnly) {
+      if (access === 'write' && memory.writeSealed) {
         throw new DmaBufError('EACCES', 'map: the memory is sealed against writes', { op: 'map' });
       }
       let entry = this.#cache.get(memory);
       if (!entry) {
-        const handle = native.mmap(memory.fd, memory.size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED);
+        const prot = memory.writeSealed ? c.PROT_READ : c.PROT_READ | c.PROT_WRITE;
+        const handle = native.mmap(memory.fd, memory.size, 0, prot, c.MAP_SHARED);
         const unregister = memory.onInvalidate(() => this.#drop(memory));
         entry = { handle, unregister };
         this.#cache.set(memory, entry);

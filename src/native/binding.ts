@@ -22,6 +22,7 @@ import { createRequire } from 'node:module';
 import { markAsUntransferable } from 'node:worker_threads';
 import { DmaBufError } from '../core/errors.js';
 import { addonPath, viewsAddonPath } from './addon.js';
+import type { KernelBinding } from './kernel-binding.js';
 
 /** An mmap'ed region owned by the addon. Opaque. */
 export type MappingHandle = object & { readonly __mapping: unique symbol };
@@ -54,7 +55,7 @@ export interface StatResult {
 export interface PeerCred { pid: number; uid: number; gid: number; }
 
 /** The functions of the addon. Numbers are plain descriptors; sizes are safe integers. */
-export interface NativeBinding {
+export interface NativeBinding extends KernelBinding {
   /** memfd_create(2). `flags` are MFD_* (MFD_CLOEXEC is always added). */
   memfdCreate(name: string, flags: number): number;
   /** fcntl(F_ADD_SEALS). */
@@ -287,7 +288,10 @@ export const countedViewsReason: string = viewsReason;
 function wrapAll(b: NativeBinding): NativeBinding {
   const out: Record<string, unknown> = { constants: b.constants };
   for (const [name, fn] of Object.entries(b)) {
-    if (typeof fn !== 'function') continue;
+    if (typeof fn !== 'function') {
+      out[name] = fn; // constants objects (constants, kernelConstants)
+      continue;
+    }
     out[name] = (...args: unknown[]) => {
       try {
         return (fn as (...a: unknown[]) => unknown)(...args);
@@ -314,7 +318,7 @@ function unsupported(reason: string): NativeBinding {
   };
   return new Proxy({} as NativeBinding, {
     get(_t, prop) {
-      if (prop === 'constants') return fail();
+      if (prop === 'constants' || prop === 'kernelConstants') return fail();
       return fail;
     },
   });
