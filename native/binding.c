@@ -32,6 +32,7 @@
 #include <uv.h>
 
 #include "sys.h"
+#include "sync_binding.h"
 #include <poll.h>
 
 /* Newer than the C library's headers on some systems (values from the kernel's uapi). */
@@ -1451,5 +1452,6 @@ NAPI_MODULE_INIT() {
       {"constants", NULL, NULL, NULL, NULL, constants, napi_enumerable, NULL},
   };
   NAPI(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
+  if (sync_binding_init(env, exports) == NULL) return NULL; /* fence files (src/sync) */
   return exports;
 }

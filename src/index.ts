@@ -32,3 +32,5 @@ export type { BufferMessage, MessageTarget } from './transport/worker.js';
 export { encodeChannelMessage, decodeChannelMessage, CHANNEL_MAGIC, CHANNEL_VERSION, CHANNEL_HEADER_SIZE, CHANNEL_MAX_META, ChannelMessageType } from './transport/channel-wire.js';
 export type { ChannelMessage } from './transport/channel-wire.js';
 export { introspect, type Snapshot, type ExportedSnapshot, type ImportedSnapshot, type AttachmentSnapshot, type StorageSnapshot } from './core/introspect.js'; // dmabuf info
+// Synchronisation (issue 9): fences, timelines, fence files, reservation objects.
+export * from './sync/index.js';

@@ -1,0 +1,156 @@
+/**
+ * The fence file: how a fence's outcome reaches other threads and processes.
+ *
+ * A fence file is the read end of a packet-mode pipe (`pipe2(O_DIRECT)`). Only the thread
+ * that signals the fence holds the write end; it is close-on-exec and registered with the
+ * addon's per-thread descriptor set, so it closes when that thread ends, and the kernel
+ * closes it when the process dies. The outcome is the number of bytes in the pipe, counted
+ * with `ioctl(FIONREAD)` and never read, so every holder of a copy sees the same outcome:
+ *
+ * | bytes in the pipe | write end | outcome |
+ * | --- | --- | --- |
+ * | 0 | open | not signalled yet |
+ * | 256 ({@link SIGNALED_BYTES}) | closed | signalled, no error |
+ * | n in 1..255 | closed | signalled with the error whose Linux errno is n (`EIO` stands for a code that is not an errno name) |
+ * | 0 | closed | the signaller ended without signalling: `EPIPE` |
+ *
+ * The signaller writes its count in one write of at most `PIPE_BUF` bytes (so a reader sees
+ * all of it or none of it), then closes the write end.
+ *
+ * Why a pipe and not an eventfd or a socket: an eventfd cannot tell that its signaller died,
+ * and any holder can write to it; any holder of a socket can `shutdown()` it, which looks like
+ * a signal to everyone. A holder of a pipe's read end can neither write to it nor close the
+ * write end. It can only read, and since success is the largest count and the pipe is in
+ * packet mode (a read of any size takes the whole packet), reading can only turn an outcome
+ * into "0 bytes and closed", which is `EPIPE`: a hostile holder can make later observers see
+ * an error, never a success, and never a signal before the signaller's.
+ *
+ * This module knows the format and nothing of fences.
+ *
+ * @module
+ */
+import os from 'node:os';
+import { DmaBufError } from '../core/errors.js';
+import { closeOwned, native, own } from '../native/binding.js';
+import { syncNative, type SyncConstants } from '../native/sync-binding.js';
+
+/** The byte count of a fence signalled without an error: larger than any errno. */
+export const SIGNALED_BYTES = 256;
+
+/** The errno a code travels as when it is not an errno name of this platform. */
+const FALLBACK_CODE = 'EIO';
+
+let constants: SyncConstants | undefined;
+function k(): SyncConstants {
+  return (constants ??= syncNative.syncConstants());
+}
+
+const errnoOf = new Map<string, number>();
+const codeOf = new Map<number, string>();
+for (const [name, n] of Object.entries(os.constants.errno)) {
+  if (n > 0 && n < SIGNALED_BYTES) {
+    errnoOf.set(name, n);
+    if (!codeOf.has(n)) codeOf.set(n, name);
+  }
+}
+
+/** What a fence file says. `error` is the code of the error, or undefined for success. */
+export type FenceFileState =
+  | { signaled: false }
+  | { signaled: true; code: string | undefined; died: boolean };
+
+/** The byte count that carries `code` (undefined: success). */
+export function bytesForCode(code: string | undefined): number {
+  if (code === undefined) return SIGNALED_BYTES;
+  return errnoOf.get(code) ?? errnoOf.get(FALLBACK_CODE)!;
+}
+
+/** The code a byte count carries; null when no signaller writes that count. */
+export function codeForBytes(bytes: number): string | undefined | null {
+  if (bytes === SIGNALED_BYTES) return undefined;
+  if (bytes > 0 && bytes < SIGNALED_BYTES) return codeOf.get(bytes) ?? FALLBACK_CODE;
+  return null;
+}
+
+/** A new fence file: both ends are registered with this thread, which must close them. */
+export function createFenceFile(): { read: number; write: number } {
+  const [read, write] = syncNative.pipe();
+  own(read);
+  own(write);
+  return { read, write };
+}
+
+/**
+ * Signals through `write` (the write end of a fence file), then closes it. A pipe nobody
+ * reads any more (`EPIPE`) is not an error: nobody is left to tell.
+ */
+export function signalFenceFile(write: number, code: string | undefined): void {
+  try {
+    syncNative.write(write, new Uint8Array(bytesForCode(code)));
+  } catch (err) {
+    if (!DmaBufError.is(err, 'EPIPE')) {
+      closeOwned(write);
+      throw err;
+    }
+  }
+  closeOwned(write);
+}
+
+/**
+ * A new fence file that is already signalled with `code`: the read end, owned by the caller
+ * (not registered with this thread).
+ */
+export function signaledFenceFile(code: string | undefined): number {
+  const [read, write] = syncNative.pipe();
+  try {
+    syncNative.write(write, new Uint8Array(bytesForCode(code)));
+  } catch (err) {
+    native.close(read);
+    throw err;
+  } finally {
+    native.close(write);
+  }
+  return read;
+}
+
+/** What `fd` (a fence file) says now. */
+export function readFenceFile(fd: number): FenceFileState {
+  // Hang-up first: once the write end is closed, the count can no longer grow.
+  const hup = (native.pollNow(fd, native.constants.POLLIN) & native.constants.POLLHUP) !== 0;
+  const bytes = syncNative.bytesReadable(fd);
+  if (bytes > 0) {
+    const code = codeForBytes(bytes);
+    return { signaled: true, code: code === null ? 'EPROTO' : code, died: false };
+  }
+  return hup ? { signaled: true, code: 'EPIPE', died: true } : { signaled: false };
+}
+
+/**
+ * Checks that `fd` is a fence file and returns its identity (the pipe's inode) and state.
+ *
+ * @throws {DmaBufError} `EBADF` when `fd` is not an integer from 0 to 2³¹−1 or not open;
+ *   `EINVAL` when it is not the read end of an anonymous pipe, or the pipe holds a count
+ *   that no signaller writes.
+ */
+export function inspectFenceFile(fd: number, op: string): { key: string; state: FenceFileState } {
+  if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) {
+    throw new DmaBufError('EBADF', `${op}: ${String(fd)} is not a descriptor (an integer from 0 to 2^31-1)`, { op });
+  }
+  const notFenceFile = (why: string): DmaBufError =>
+    new DmaBufError('EINVAL', `${op}: descriptor ${fd} is not a fence file: ${why}; pass a descriptor from fence.toFd()`, { op });
+  const st = native.fstat(fd); // EBADF when closed
+  if ((st.mode & native.constants.S_IFMT) !== native.constants.S_IFIFO) throw notFenceFile('it is not a pipe');
+  if (native.fstatfsType(fd) !== k().PIPEFS_MAGIC) throw notFenceFile('it is a named FIFO, not an anonymous pipe');
+  if ((syncNative.statusFlags(fd) & k().O_ACCMODE) !== k().O_RDONLY) throw notFenceFile('it is the write end of a pipe');
+  const state = readFenceFile(fd);
+  if (state.signaled && state.code === 'EPROTO') {
+    throw notFenceFile(`the pipe holds ${syncNative.bytesReadable(fd)} bytes, a count no fence writes`);
+  }
+  return { key: `${st.dev}:${st.ino}`, state };
+}
+
+/** The pipe's identity of a fence file this thread created (for the same key as {@link inspectFenceFile}). */
+export function fenceFileKey(fd: number): string {
+  const st = native.fstat(fd);
+  return `${st.dev}:${st.ino}`;
+}
