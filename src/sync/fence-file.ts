@@ -59,6 +59,9 @@ export type FenceFileState =
   | { signaled: false }
   | { signaled: true; code: string | undefined; died: boolean };
 
+/** The bytes a signaller writes (never changed: only their count matters). */
+const ZEROS = new Uint8Array(SIGNALED_BYTES);
+
 /** The byte count that carries `code` (undefined: success). */
 export function bytesForCode(code: string | undefined): number {
   if (code === undefined) return SIGNALED_BYTES;
@@ -81,19 +84,48 @@ export function createFenceFile(): { read: number; write: number } {
 }
 
 /**
- * Signals through `write` (the write end of a fence file), then closes it. A pipe nobody
- * reads any more (`EPIPE`) is not an error: nobody is left to tell.
+ * Signals through `write` (the write end of a fence file): writes the count. The caller
+ * closes the write end afterwards; closing it is not needed for the outcome, which readers
+ * take from the count. A pipe nobody reads any more (`EPIPE`) is not an error: nobody is
+ * left to tell.
  */
 export function signalFenceFile(write: number, code: string | undefined): void {
   try {
-    syncNative.write(write, new Uint8Array(bytesForCode(code)));
+    syncNative.write(write, ZEROS.subarray(0, bytesForCode(code)));
   } catch (err) {
-    if (!DmaBufError.is(err, 'EPIPE')) {
-      closeOwned(write);
-      throw err;
-    }
+    if (!DmaBufError.is(err, 'EPIPE')) throw err;
   }
-  closeOwned(write);
+}
+
+/** The ends of signalled fence files, waiting to be closed (see {@link retireFenceFile}). */
+let retiring: number[] = [];
+const RETIRE_DELAY_MS = 1;
+
+/**
+ * Closes the two ends of a signalled fence file (registered with this thread) about a
+ * millisecond later, with the others of that moment. Readers need only the count, and
+ * closing at once lands on the wake-up that the count just caused and slows it: closing the
+ * last write end wakes every poller of the pipe again (a hang-up), and any close takes the
+ * pipe's lock while the woken readers count. If the thread ends first, the addon closes the
+ * descriptors with the thread's others.
+ */
+export function retireFenceFile(read: number, write: number): void {
+  retiring.push(read, write);
+  if (retiring.length > 2) return;
+  // One timer per thread, re-armed: cheaper than a new one each time.
+  if (retireTimer) {
+    retireTimer.refresh();
+  } else {
+    retireTimer = setTimeout(closeRetired, RETIRE_DELAY_MS).unref();
+  }
+}
+
+let retireTimer: NodeJS.Timeout | undefined;
+
+function closeRetired(): void {
+  const fds = retiring;
+  retiring = [];
+  for (const fd of fds) closeOwned(fd);
 }
 
 /**
@@ -103,7 +135,7 @@ export function signalFenceFile(write: number, code: string | undefined): void {
 export function signaledFenceFile(code: string | undefined): number {
   const [read, write] = syncNative.pipe();
   try {
-    syncNative.write(write, new Uint8Array(bytesForCode(code)));
+    syncNative.write(write, ZEROS.subarray(0, bytesForCode(code)));
   } catch (err) {
     native.close(read);
     throw err;
@@ -115,14 +147,17 @@ export function signaledFenceFile(code: string | undefined): number {
 
 /** What `fd` (a fence file) says now. */
 export function readFenceFile(fd: number): FenceFileState {
-  // Hang-up first: once the write end is closed, the count can no longer grow.
-  const hup = (native.pollNow(fd, native.constants.POLLIN) & native.constants.POLLHUP) !== 0;
-  const bytes = syncNative.bytesReadable(fd);
-  if (bytes > 0) {
-    const code = codeForBytes(bytes);
-    return { signaled: true, code: code === null ? 'EPROTO' : code, died: false };
+  let bytes = syncNative.bytesReadable(fd);
+  if (bytes === 0) {
+    // Nothing written yet, or the signaller is gone. After a hang-up the count can no longer
+    // change: read it again, since the signaller may have written and closed in between.
+    const c = native.constants;
+    if ((native.pollNow(fd, c.POLLIN) & c.POLLHUP) === 0) return { signaled: false };
+    bytes = syncNative.bytesReadable(fd);
+    if (bytes === 0) return { signaled: true, code: 'EPIPE', died: true };
   }
-  return hup ? { signaled: true, code: 'EPIPE', died: true } : { signaled: false };
+  const code = codeForBytes(bytes);
+  return { signaled: true, code: code === null ? 'EPROTO' : code, died: false };
 }
 
 /**

@@ -30,7 +30,7 @@
  */
 import { DmaBufError } from '../core/errors.js';
 import { closeOwned, native, own, type PollHandle } from '../native/binding.js';
-import { createFenceFile, fenceFileKey, inspectFenceFile, readFenceFile, signalFenceFile, signaledFenceFile, type FenceFileState } from './fence-file.js';
+import { createFenceFile, fenceFileKey, inspectFenceFile, readFenceFile, retireFenceFile, signalFenceFile, signaledFenceFile, type FenceFileState } from './fence-file.js';
 import { interrupted, parseWaitOptions, startTimer, type FenceWaitOptions } from './wait-options.js';
 
 /** Options of `new DmaFence()`, `DmaFence.merge()` and `DmaFence.fromFd()`. */
@@ -59,6 +59,8 @@ interface OwnFile {
   read: number;
   write: number;
   key: string;
+  /** Set once the fence has signalled: the descriptors are no longer the finalizer's. */
+  done: boolean;
 }
 
 /** The fence file an imported fence watches, while it is unsignalled. */
@@ -82,6 +84,7 @@ const byFile = new Map<string, WeakRef<DmaFence>>();
  * so that holders read `EPIPE` rather than wait forever.
  */
 const abandoned = new FinalizationRegistry<OwnFile>((file) => {
+  if (file.done) return;
   if (byFile.get(file.key)?.deref() === undefined) byFile.delete(file.key);
   closeOwned(file.write);
   closeOwned(file.read);
@@ -397,9 +400,9 @@ export class DmaFence {
         closeOwned(read);
         throw err;
       }
-      this.#file = { read, write, key };
+      this.#file = { read, write, key, done: false };
       byFile.set(key, new WeakRef(this));
-      abandoned.register(this, this.#file, this);
+      abandoned.register(this, this.#file);
     }
     return native.dup(this.#file.read, true);
   }
@@ -529,23 +532,27 @@ export class DmaFence {
   #releaseFile(): void {
     const file = this.#file;
     if (file) {
-      this.#file = undefined;
-      abandoned.unregister(this);
-      byFile.delete(file.key);
+      // The write first: it is what wakes the holders.
       try {
         signalFenceFile(file.write, this.#error?.code);
       } catch {
-        // The write end is closed anyway: holders read EPIPE, the nearest truth left.
-      } finally {
-        closeOwned(file.read);
+        // Nothing written: closing the write end tells holders EPIPE, the nearest truth left.
       }
+      this.#file = undefined;
+      file.done = true; // cheaper than unregistering from `abandoned`
+      byFile.delete(file.key);
+      retireFenceFile(file.read, file.write);
     }
     const source = this.#source;
     if (source) {
       this.#source = undefined;
       byFile.delete(source.key);
-      native.pollClose(source.poll);
-      closeOwned(source.fd);
+      // After the waits have resumed (their promises resolve in microtasks): the watcher and
+      // the descriptor are not on the path of the wake-up. The watcher ignores further events.
+      setImmediate(() => {
+        native.pollClose(source.poll);
+        closeOwned(source.fd);
+      });
     }
     this.#probe = undefined;
     this.#hold = undefined;
