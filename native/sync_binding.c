@@ -8,16 +8,11 @@
 #include <stdio.h>
 
 #include <fcntl.h>
-#include <linux/magic.h>
 #include <sys/ioctl.h>
 
 #include "sync.h"
 #include "sync_binding.h"
 #include "sys.h"
-
-#ifndef PIPEFS_MAGIC
-#define PIPEFS_MAGIC 0x50495045
-#endif
 
 /* Throws the failure of `syscall` (err > 0) as binding.c does; returns NULL. */
 static napi_value sync_throw(napi_env env, const char *syscall, int err) {
@@ -137,9 +132,8 @@ static napi_value js_sync_constants(napi_env env, napi_callback_info info) {
     const char *name;
     double value;
   } table[] = {
-      {"O_ACCMODE", O_ACCMODE},   {"O_RDONLY", O_RDONLY},   {"O_WRONLY", O_WRONLY},
-      {"O_DIRECT", O_DIRECT},     {"O_NONBLOCK", O_NONBLOCK}, {"PIPE_BUF", PIPE_BUF},
-      {"PIPEFS_MAGIC", (double)(unsigned)PIPEFS_MAGIC},
+      {"O_ACCMODE", O_ACCMODE},
+      {"O_RDONLY", O_RDONLY},
   };
   napi_value c;
   if (napi_create_object(env, &c) != napi_ok) return NULL;

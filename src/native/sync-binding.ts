@@ -11,15 +11,9 @@ import { native } from './binding.js';
 
 /** Constants of the running platform's headers that fence files need. */
 export interface SyncConstants {
+  /** The access-mode bits of `fcntl(F_GETFL)`. */
   O_ACCMODE: number;
   O_RDONLY: number;
-  O_WRONLY: number;
-  O_DIRECT: number;
-  O_NONBLOCK: number;
-  /** The largest write a pipe keeps whole (never interleaved, never split). */
-  PIPE_BUF: number;
-  /** `f_type` of the file system of anonymous pipes (fstatfs). */
-  PIPEFS_MAGIC: number;
 }
 
 /** The fence-file functions of the addon. */

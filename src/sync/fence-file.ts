@@ -175,13 +175,34 @@ export function inspectFenceFile(fd: number, op: string): { key: string; state: 
     new DmaBufError('EINVAL', `${op}: descriptor ${fd} is not a fence file: ${why}; pass a descriptor from fence.toFd()`, { op });
   const st = native.fstat(fd); // EBADF when closed
   if ((st.mode & native.constants.S_IFMT) !== native.constants.S_IFIFO) throw notFenceFile('it is not a pipe');
-  if (native.fstatfsType(fd) !== k().PIPEFS_MAGIC) throw notFenceFile('it is a named FIFO, not an anonymous pipe');
+  if (st.dev !== pipeDevice()) throw notFenceFile('it is a named FIFO, not an anonymous pipe');
   if ((syncNative.statusFlags(fd) & k().O_ACCMODE) !== k().O_RDONLY) throw notFenceFile('it is the write end of a pipe');
-  const state = readFenceFile(fd);
-  if (state.signaled && state.code === 'EPROTO') {
-    throw notFenceFile(`the pipe holds ${syncNative.bytesReadable(fd)} bytes, a count no fence writes`);
+  // Only the count: an empty pipe whose signaller is gone reads as unsignalled here, and its
+  // watcher (or the next look) finds the hang-up at once.
+  const bytes = syncNative.bytesReadable(fd);
+  if (bytes === 0) return { key: `${st.dev}:${st.ino}`, state: { signaled: false } };
+  const code = codeForBytes(bytes);
+  if (code === null) throw notFenceFile(`the pipe holds ${bytes} bytes, a count no fence writes`);
+  return { key: `${st.dev}:${st.ino}`, state: { signaled: true, code, died: false } };
+}
+
+let pipefsDev: bigint | undefined;
+
+/**
+ * The device number of the pipe file system, which every anonymous pipe of this boot shares
+ * (a named FIFO has its own file system's): learnt once per thread from a pipe of our own.
+ */
+function pipeDevice(): bigint {
+  if (pipefsDev === undefined) {
+    const [read, write] = syncNative.pipe();
+    try {
+      pipefsDev = native.fstat(read).dev;
+    } finally {
+      native.close(read);
+      native.close(write);
+    }
   }
-  return { key: `${st.dev}:${st.ino}`, state };
+  return pipefsDev;
 }
 
 /** The pipe's identity of a fence file this thread created (for the same key as {@link inspectFenceFile}). */

@@ -134,14 +134,17 @@ export class DmaResv implements Reservation {
   async wait(usage: DmaResvUsage, options?: FenceWaitOptions): Promise<boolean> {
     respectedLevel(usage, 'wait');
     const { timeout, signal } = parseWaitOptions(options, 'wait');
+    if (timeout === 0) return this.test(usage);
     const deadline = performance.now() + timeout;
-    for (;;) {
-      const pending = this.fences(usage);
-      if (pending.length === 0) return true;
-      const left = Math.max(0, deadline - performance.now());
-      const all = pending.length === 1 ? pending[0]! : DmaFence.merge(pending);
-      if (!(await all.wait({ timeout: left, signal }))) return false;
+    // One fence at a time, each wait cleaning up after itself (a merged fence would leave its
+    // callbacks on the fences after a timeout), until nothing is left to respect.
+    for (let pending = this.fences(usage); pending.length > 0; pending = this.fences(usage)) {
+      for (const fence of pending) {
+        const left = Math.max(0, deadline - performance.now());
+        if (!(await fence.wait({ timeout: left, signal }))) return false;
+      }
     }
+    return true;
   }
 
   /**

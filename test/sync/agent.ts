@@ -89,6 +89,8 @@ export class Agent {
       this.#wakeAll();
     });
     child.stderr!.setEncoding('utf8').on('data', (d: string) => { this.#stderr += d; });
+    // A write to an agent that has just died fails with EPIPE; its exit says more.
+    child.stdin!.on('error', () => {});
     child.once('exit', () => this.#wakeAll());
   }
 
@@ -164,11 +166,11 @@ export class Agent {
     return this.next((l) => l.event === 'signaled' && l.id === id);
   }
 
-  /** Asks the agent to exit and waits for it; closes the channel. */
+  /** Asks the agent to exit (unless it was killed) and waits for it; closes the channel. */
   async stop(): Promise<void> {
     if (this.child.exitCode === null && this.child.signalCode === null) {
       const exited = new Promise((resolve) => this.child.once('exit', resolve));
-      this.child.stdin!.write(`${JSON.stringify({ op: 'exit', seq: 0 })}\n`);
+      if (!this.child.killed) this.child.stdin!.write(`${JSON.stringify({ op: 'exit', seq: 0 })}\n`);
       await exited;
     }
     this.channel.close();

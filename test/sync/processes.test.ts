@@ -26,10 +26,7 @@ async function withAgents<T>(n: number, fn: (...agents: Agent[]) => Promise<T>):
     for (let i = 0; i < n; i++) agents.push(await Agent.start());
     return await fn(...agents);
   } finally {
-    for (const a of agents) {
-      if (a.child.exitCode === null && a.child.signalCode === null) await a.stop();
-      else a.channel.close();
-    }
+    for (const a of agents) await a.stop();
   }
 }
 
