@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { closeSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { BufferChannel, DmaFence } from '../../src/index.js';
-import { openFdCount, startChild } from '../helpers.js';
+import { afterEach, beforeEach } from 'node:test';
+import { openFdCount, startChild, waitFor } from '../helpers.js';
 
 /** The agent's program: one JSON command a line on stdin, one JSON line a reply or event on stdout. */
 const AGENT = `
@@ -185,4 +186,20 @@ export async function fdNeutral<T>(fn: () => Promise<T>): Promise<T> {
   for (let i = 0; i < 50 && openFdCount() !== before; i++) await new Promise((r) => setTimeout(r, 10));
   assert.equal(openFdCount(), before, 'descriptors back to their count before the test');
   return result;
+}
+
+/**
+ * Checks, after each test of the file, that this process has as many descriptors as before
+ * the test (signalled fences close theirs about a millisecond later: it waits for that).
+ */
+export function checkDescriptorsAfterEach(): void {
+  let before = 0;
+  beforeEach(() => { before = openFdCount(); });
+  afterEach(async () => {
+    try {
+      await waitFor(() => openFdCount() === before, 2000, 'descriptors to come back to their count');
+    } catch {
+      assert.equal(openFdCount(), before, 'descriptors back to their count before the test');
+    }
+  });
 }

@@ -14,7 +14,9 @@ import { DmaBufError, DmaFence, DmaFenceTimeline } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
 import { syncNative } from '../../src/native/sync-binding.js';
 import { INDEX_URL, openFdCount, reapChildren, runChild, waitFor } from '../helpers.js';
-import { fdNeutral } from './agent.js';
+import { fdNeutral, checkDescriptorsAfterEach } from './agent.js';
+
+checkDescriptorsAfterEach();
 
 after(reapChildren);
 

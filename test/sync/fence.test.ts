@@ -5,6 +5,9 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DmaBufError, DmaFence } from '../../src/index.js';
 import { reapChildren, runChild } from '../helpers.js';
+import { checkDescriptorsAfterEach } from './agent.js';
+
+checkDescriptorsAfterEach();
 
 after(reapChildren);
 

@@ -9,7 +9,9 @@ import assert from 'node:assert/strict';
 import { closeSync } from 'node:fs';
 import { DmaBufError, DmaFence } from '../../src/index.js';
 import { finish, nextLine, reapChildren, startChild } from '../helpers.js';
-import { Agent, fdNeutral } from './agent.js';
+import { Agent, fdNeutral, checkDescriptorsAfterEach } from './agent.js';
+
+checkDescriptorsAfterEach();
 
 after(reapChildren);
 

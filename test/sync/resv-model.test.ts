@@ -15,6 +15,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { DMA_RESV_USAGES, DmaFence, DmaFenceTimeline, DmaResv, type DmaResvUsage } from '../../src/index.js';
+import { checkDescriptorsAfterEach } from './agent.js';
+
+checkDescriptorsAfterEach();
 
 const LEVEL: Record<DmaResvUsage, number> = { kernel: 0, write: 1, read: 2, bookkeep: 3 };
 const RESPECTS: Record<DmaResvUsage, number> = { kernel: 0, read: 1, write: 2, bookkeep: 3 };

@@ -9,7 +9,9 @@ import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { DMA_RESV_USAGES, DmaBufError, DmaFence, DmaFenceTimeline, DmaResv, type DmaResvUsage, type Reservation } from '../../src/index.js';
 import { INDEX_URL } from '../helpers.js';
-import { fdNeutral } from './agent.js';
+import { fdNeutral, checkDescriptorsAfterEach } from './agent.js';
+
+checkDescriptorsAfterEach();
 
 const names = (fs: DmaFence[]): string[] => fs.map((f) => f.name);
 

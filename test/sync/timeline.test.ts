@@ -4,6 +4,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DmaBufError, DmaFenceTimeline, type DmaFence } from '../../src/index.js';
+import { checkDescriptorsAfterEach } from './agent.js';
+
+checkDescriptorsAfterEach();
 
 /** Records the order in which fences signal. */
 function recorder(): { order: string[]; watch(f: DmaFence, label: string): DmaFence } {
