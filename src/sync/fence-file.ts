@@ -10,12 +10,13 @@
  * | bytes in the pipe | write end | outcome |
  * | --- | --- | --- |
  * | 0 | open | not signalled yet |
- * | 256 ({@link SIGNALED_BYTES}) | closed | signalled, no error |
- * | n in 1..255 | closed | signalled with the error whose Linux errno is n (`EIO` stands for a code that is not an errno name) |
+ * | 256 ({@link SIGNALED_BYTES}) | any | signalled, no error |
+ * | n in 1..255 | any | signalled with the error whose Linux errno is n (`EIO` stands for a code that is not an errno name) |
  * | 0 | closed | the signaller ended without signalling: `EPIPE` |
  *
  * The signaller writes its count in one write of at most `PIPE_BUF` bytes (so a reader sees
- * all of it or none of it), then closes the write end.
+ * all of it or none of it), and closes its two ends about a millisecond later
+ * ({@link retireFenceFile}). A reader polls for readable (data or hang-up) and counts.
  *
  * Why a pipe and not an eventfd or a socket: an eventfd cannot tell that its signaller died,
  * and any holder can write to it; any holder of a socket can `shutdown()` it, which looks like
@@ -23,7 +24,9 @@
  * write end. It can only read, and since success is the largest count and the pipe is in
  * packet mode (a read of any size takes the whole packet), reading can only turn an outcome
  * into "0 bytes and closed", which is `EPIPE`: a hostile holder can make later observers see
- * an error, never a success, and never a signal before the signaller's.
+ * an error, never a success, and never a signal before the signaller's. The write end is
+ * owned by one thread (not the process) because a worker is a signaller too: when it ends, the
+ * addon closes its descriptors, and its fences' holders read `EPIPE`.
  *
  * This module knows the format and nothing of fences.
  *

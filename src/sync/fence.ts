@@ -33,13 +33,28 @@ import { closeOwned, native, own, type PollHandle } from '../native/binding.js';
 import { createFenceFile, fenceFileKey, inspectFenceFile, readFenceFile, retireFenceFile, signalFenceFile, signaledFenceFile, type FenceFileState } from './fence-file.js';
 import { interrupted, parseWaitOptions, startTimer, type FenceWaitOptions } from './wait-options.js';
 
-/** Options of `new DmaFence()`, `DmaFence.merge()` and `DmaFence.fromFd()`. */
+/**
+ * Options of `new DmaFence()`, `DmaFence.merge()`, `DmaFence.fromFd()` and
+ * `timeline.create()`.
+ *
+ * @example
+ * ```ts
+ * const f = new DmaFence({ name: 'decode frame 3' });
+ * ```
+ */
 export interface DmaFenceOptions {
   /** A name for messages and debugging (at most 255 characters). */
   name?: string;
 }
 
-/** A function called once with the fence when it signals. */
+/**
+ * A function called once with the fence when it signals (see {@link DmaFence.addCallback}).
+ *
+ * @example
+ * ```ts
+ * const log: DmaFenceCallback = (f) => console.log(f.name, f.error?.code ?? 'ok');
+ * ```
+ */
 export type DmaFenceCallback = (fence: DmaFence) => void;
 
 type Kind = 'local' | 'imported' | 'merged';

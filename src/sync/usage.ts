@@ -17,10 +17,25 @@
  */
 import { DmaBufError } from '../core/errors.js';
 
-/** How a fence uses a buffer: `'kernel' | 'write' | 'read' | 'bookkeep'`. */
+/**
+ * How a fence uses a resource: `'kernel' | 'write' | 'read' | 'bookkeep'`.
+ *
+ * @example
+ * ```ts
+ * const usage: DmaResvUsage = writing ? 'write' : 'read';
+ * resv.add(done, usage);
+ * ```
+ */
 export type DmaResvUsage = 'kernel' | 'write' | 'read' | 'bookkeep';
 
-/** The usages, from the most to the least respected. */
+/**
+ * The usages, from the most to the least respected.
+ *
+ * @example
+ * ```ts
+ * for (const u of DMA_RESV_USAGES) console.log(u, resv.test(u));
+ * ```
+ */
 export const DMA_RESV_USAGES: readonly DmaResvUsage[] = Object.freeze(['kernel', 'write', 'read', 'bookkeep']);
 
 const LEVEL: Record<DmaResvUsage, number> = { kernel: 0, write: 1, read: 2, bookkeep: 3 };

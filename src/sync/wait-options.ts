@@ -6,7 +6,14 @@
  */
 import { DmaBufError } from '../core/errors.js';
 
-/** How long to wait and when to give up. */
+/**
+ * How long to wait and when to give up.
+ *
+ * @example
+ * ```ts
+ * await fence.wait({ timeout: 500, signal: AbortSignal.timeout(10_000) });
+ * ```
+ */
 export interface FenceWaitOptions {
   /**
    * Milliseconds to wait before resolving `false`; `0` only tests, without waiting.
