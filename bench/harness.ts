@@ -80,7 +80,7 @@ export function fmtTime(ns: number | undefined): string {
   return `${(ns / 1e9).toPrecision(3)} s`;
 }
 
-export const CASES = ['handoff', 'pooled', 'fullread', 'memory', 'inprocess', 'views'] as const;
+export const CASES = ['handoff', 'pooled', 'fullread', 'memory', 'inprocess', 'views', 'fence'] as const;
 export type CaseName = (typeof CASES)[number];
 
 export const USAGE = `usage: npm run bench -- [--quick] [--sizes 4K,1M,1G] [--reps N] [--only ${CASES.join('|')}[,...]] [--frames N] [--out DIR]

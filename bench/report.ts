@@ -84,6 +84,23 @@ function longTable(rows: Row[]): string {
   return out.join('\n');
 }
 
+/** The fence case: latency, and per operation the CPU, GCs and system calls of each side. */
+function fenceTable(rows: Row[]): string {
+  const cpuOf = (r: Row, side: string): string => fmtTime((r.cpu?.[`${side} user`] ?? 0) + (r.cpu?.[`${side} sys`] ?? 0));
+  const sys = (r: Row, side: 'signaller' | 'waiter'): string => {
+    const v = (r.extra?.syscallsPerOp as Record<string, number> | undefined)?.[side];
+    return v === undefined ? '' : v.toFixed(1);
+  };
+  const out = [
+    '| method | one-way median | min | p90 | n | CPU signaller / op | CPU waiter / op | GCs / op | syscalls signaller / op | syscalls waiter / op |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const r of rows) {
+    out.push(`| ${r.method} | ${fmtTime(r.stats.median)} | ${fmtTime(r.stats.min)} | ${fmtTime(r.stats.p90)} | ${r.stats.n} | ${cpuOf(r, 'signaller')} | ${cpuOf(r, 'waiter')} | ${r.gc ? r.gc.perHandoff.toFixed(3) : ''} | ${sys(r, 'signaller')} | ${sys(r, 'waiter')} |`);
+  }
+  return out.join('\n');
+}
+
 const METRIC_TEXT: Record<string, string> = {
   receiver: 'Receiver: from recvmsg returning the descriptor to having read (the target metric)',
   'one-way': 'One-way: from the sender starting the hand-off to the receiver having read',
@@ -122,6 +139,9 @@ export function markdown(rep: Report): string {
         lines.push('`send`: sender\'s t0 (before buf.fd()) to recvmsg returning in the receiver; `get`, `attach`, `map`, `read`: the receiver\'s steps (their sum is the receiver time); `cleanup`: unmap + detach + put, after the timed span; `ack`: the receiver\'s answer reaching the sender (send + receiver total + cleanup + ack is one round trip). `CPU receiver`/`CPU exporter`: user + system CPU time each process spent on one whole hand-off (mean) (receiver: from recvmsg to its ack; exporter: from buf.fd() to the ack, including answering the receiver\'s requests). `GCs in receiver`: garbage collections per hand-off in the receiver (mean; major ones and the pause time in parentheses; incremental marking steps are not in the pause time).', '');
         lines.push(st, '');
       }
+    } else if (c.name === 'fence') {
+      lines.push(fenceTable(c.rows), '');
+      continue;
     } else if (c.name === 'inprocess') {
       lines.push(pivot(c.rows, 'median', undefined), '');
       continue;

@@ -33,6 +33,7 @@
 
 #include "sys.h"
 #include "views.h"
+#include "sync_binding.h"
 #include <poll.h>
 #include "kernel_binding.h"
 
@@ -1692,5 +1693,6 @@ NAPI_MODULE_INIT() {
   };
   NAPI(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
   if (kernel_binding_init(env, exports) != 0) return NULL;
+  if (sync_binding_init(env, exports) == NULL) return NULL; /* fence files (src/sync) */
   return exports;
 }

@@ -44,3 +44,5 @@ export { DmaHeap, dmaHeap, dmaHeaps, DMA_HEAP_DIR } from './heaps/dma-heap.js';
 export { V4l2Capture } from './devices/v4l2/capture.js';
 export type { CaptureOptions, CaptureFormat, NextFrameOptions, V4l2Frame } from './devices/v4l2/capture.js';
 export { fourcc, fourccName } from './devices/v4l2/fourcc.js';
+// Synchronisation (issue 9): fences, timelines, fence files, reservation objects.
+export * from './sync/index.js';

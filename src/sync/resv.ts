@@ -1,0 +1,174 @@
+/**
+ * `DmaResv`: a reservation object in this thread, the user-space `struct dma_resv`. It knows
+ * nothing of buffers: it holds fences with a usage each, and answers who must wait for what.
+ *
+ * Rules, as the kernel's:
+ * - `add(fence, usage)` replaces an entry of the same context (an older or the same fence of
+ *   one timeline, or the same fence) when the new usage is respected by at least as many
+ *   users as the old one (`old usage >= new usage`); otherwise it appends. Adding a fence
+ *   with a weaker usage than it already has therefore adds a second entry, and the fence
+ *   keeps its strongest usage.
+ * - Signalled fences are pruned (on every call); queries return unsignalled fences only.
+ * - `fences(usage)` follows `usage.ts`; each fence appears once, in the order of its first
+ *   entry.
+ * - `wait(usage)` waits until `test(usage)` is true, including fences added while it waits
+ *   (as `dma_resv_wait_timeout`); `exportFence(usage)` is a snapshot.
+ *
+ * @module
+ */
+import { DmaBufError } from '../core/errors.js';
+import { DmaFence, fenceInternals } from './fence.js';
+import type { Reservation } from './reservation.js';
+import { respectedLevel, usageLevel, type DmaResvUsage } from './usage.js';
+import { parseWaitOptions, type FenceWaitOptions } from './wait-options.js';
+
+interface Entry {
+  fence: DmaFence;
+  level: number;
+}
+
+/**
+ * A reservation object held by this thread.
+ *
+ * @example
+ * ```ts
+ * const resv = new DmaResv();
+ * const painted = new DmaFence({ name: 'painted' });
+ * resv.add(painted, 'write');
+ * resv.test('read');                       // false: readers wait for the writer
+ * painted.signal();
+ * await resv.wait('read');                 // true
+ * ```
+ */
+export class DmaResv implements Reservation {
+  #entries: Entry[] = [];
+
+  /**
+   * Adds `fence` with `usage` (see the module's rules).
+   *
+   * @throws {DmaBufError} `EINVAL` when `fence` is not a `DmaFence` or `usage` is unknown.
+   * @example
+   * ```ts
+   * resv.add(readDone, 'read');
+   * ```
+   */
+  add(fence: DmaFence, usage: DmaResvUsage): void {
+    const level = usageLevel(usage, 'add');
+    if (!(fence instanceof DmaFence)) throw new DmaBufError('EINVAL', 'add: fence must be a DmaFence', { op: 'add' });
+    this.#prune();
+    if (fence.signaled) return;
+    const { context, seqno } = fenceInternals.order(fence);
+    const i = this.#entries.findIndex((e) => {
+      const old = fenceInternals.order(e.fence);
+      return old.context === context && old.seqno <= seqno && e.level >= level;
+    });
+    if (i >= 0) {
+      this.#entries[i] = { fence, level };
+    } else {
+      this.#entries.push({ fence, level });
+    }
+  }
+
+  /**
+   * Imports the fence of a fence file and adds it with `usage`; the caller keeps owning `fd`.
+   *
+   * @returns The fence added.
+   * @throws {DmaBufError} as {@link DmaFence.fromFd} (`EBADF`, `EINVAL`, `EMFILE`), and
+   *   `EINVAL` for an unknown usage (checked first: nothing is imported then).
+   * @example
+   * ```ts
+   * await resv.addFd(fenceFd, 'write');
+   * ```
+   */
+  async addFd(fd: number, usage: DmaResvUsage): Promise<DmaFence> {
+    usageLevel(usage, 'addFd');
+    const fence = await DmaFence.fromFd(fd);
+    this.add(fence, usage);
+    return fence;
+  }
+
+  /**
+   * The unsignalled fences a user of `usage` must respect, each once, in the order added.
+   *
+   * @throws {DmaBufError} `EINVAL` for an unknown usage.
+   * @example
+   * ```ts
+   * for (const f of resv.fences('write')) console.log(f.name);
+   * ```
+   */
+  fences(usage: DmaResvUsage): DmaFence[] {
+    const max = respectedLevel(usage, 'fences');
+    this.#prune();
+    const out = new Set<DmaFence>();
+    for (const e of this.#entries) if (e.level <= max) out.add(e.fence);
+    return [...out];
+  }
+
+  /**
+   * Whether every fence a user of `usage` must respect has signalled.
+   *
+   * @throws {DmaBufError} `EINVAL` for an unknown usage.
+   * @example
+   * ```ts
+   * if (resv.test('write')) repaint();
+   * ```
+   */
+  test(usage: DmaResvUsage): boolean {
+    const max = respectedLevel(usage, 'test');
+    this.#prune();
+    return !this.#entries.some((e) => e.level <= max);
+  }
+
+  /**
+   * Waits until {@link DmaResv.test} is true for `usage`, without blocking the event loop.
+   * Fences added while it waits are waited for too.
+   *
+   * @returns `true`, or `false` when `timeout` ran out (`timeout: 0` only tests).
+   * @throws {DmaBufError} `EINTR` (a rejection) when `signal` aborts; `EINVAL` for an unknown
+   *   usage or bad options.
+   * @example
+   * ```ts
+   * if (await resv.wait('write', { timeout: 100 })) repaint();
+   * ```
+   */
+  async wait(usage: DmaResvUsage, options?: FenceWaitOptions): Promise<boolean> {
+    respectedLevel(usage, 'wait');
+    const { timeout, signal } = parseWaitOptions(options, 'wait');
+    if (timeout === 0) return this.test(usage);
+    const deadline = performance.now() + timeout;
+    // One fence at a time, each wait cleaning up after itself (a merged fence would leave its
+    // callbacks on the fences after a timeout), until nothing is left to respect.
+    for (let pending = this.fences(usage); pending.length > 0; pending = this.fences(usage)) {
+      for (const fence of pending) {
+        const left = Math.max(0, deadline - performance.now());
+        if (!(await fence.wait({ timeout: left, signal }))) return false;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * A fence for what a user of `usage` must respect now: the one fence when there is one, a
+   * merged fence of them when there are several, a signalled fence when there is none.
+   * Fences added later do not join it. Its fence file (`toFd()`) is the buffer layer's
+   * exported sync file.
+   *
+   * @throws {DmaBufError} `EINVAL` for an unknown usage.
+   * @example
+   * ```ts
+   * const fd = resv.exportFence('read').toFd();   // what a reader must wait for now
+   * ```
+   */
+  exportFence(usage: DmaResvUsage): DmaFence {
+    const pending = this.fences(usage);
+    if (pending.length === 1) return pending[0]!;
+    return DmaFence.merge(pending, { name: `reservation snapshot (${usage})` });
+  }
+
+  #prune(): void {
+    // First ask every fence (an imported one checks its fence file, and may run callbacks
+    // that use this object), then drop the signalled ones without running anything.
+    for (const e of [...this.#entries]) void e.fence.signaled;
+    this.#entries = this.#entries.filter((e) => !fenceInternals.isSignaled(e.fence));
+  }
+}
