@@ -1,7 +1,8 @@
 /**
  * `dmabuf info`: every buffer on the machine that the user may see (the user-space
  * `dmabuf_dump`). This module is the command line; the listing is made in `cli/info/`:
- * `endpoints.ts` asks the threads that export or import buffers, `proc-scan.ts` reads
+ * `endpoints.ts` asks the threads that export or import buffers (`peer.ts` checks that an
+ * endpoint is the named process's, `answer.ts` reads its answer), `proc-scan.ts` reads
  * `/proc`, `collect.ts` puts both together into a {@link Report} (`report.ts`), and
  * `format.ts` prints it as text or CSV.
  *
@@ -13,9 +14,10 @@ import { formatCsv, formatText } from './info/format.js';
 import { DEFAULT_QUERY_TIMEOUT, type InfoOptions } from './info/report.js';
 
 export type {
-  BufferReport, ExporterReport, ImporterReport, InfoOptions, Mapping, ProcessReport, Report, ThreadReport, UnreadableProcess,
+  BufferReport, ExporterReport, ImporterReport, InfoOptions, Mapping, ProcessReport, Report, SkippedEndpoint, ThreadReport,
+  ThreadStatus, UnreadableProcess,
 } from './info/report.js';
-export { REPORT_VERSION, DEFAULT_QUERY_TIMEOUT } from './info/report.js';
+export { REPORT_VERSION, DEFAULT_QUERY_TIMEOUT, DEFAULT_MAX_ANSWER } from './info/report.js';
 export { collect } from './info/collect.js';
 export { formatBytes, formatCsv, formatText } from './info/format.js';
 
@@ -29,7 +31,9 @@ export const infoCommand: Command = {
 Lists every dma-buf that you may see: this project's buffers in every process (name,
 exporter, size, references, attachments and their devices, maps, which processes hold and
 map them) and the kernel's dma-bufs, with per-process and per-exporter totals. Processes of
-other users that cannot be read are counted and said.
+other users that cannot be read are counted and said. A thread's endpoint that another
+process or user holds, or that answers too much (over 16 MiB) or nonsense, is skipped, and
+said.
 
   --pid PID     only buffers that PID exports, imports, holds or maps, and its totals
   --json        the whole listing as JSON

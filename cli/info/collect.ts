@@ -12,8 +12,9 @@ import type { Snapshot } from '../../src/remote/introspect.js';
 import { findEndpoints, queryAll } from './endpoints.js';
 import { MEMFD_PREFIX, isKernelDmaBuf, memfdName, scanProc, type ProcScan } from './proc-scan.js';
 import {
-  DEFAULT_QUERY_TIMEOUT, REPORT_VERSION,
-  type BufferReport, type ExporterReport, type InfoOptions, type Mapping, type ProcessReport, type Report, type ThreadReport,
+  DEFAULT_MAX_ANSWER, DEFAULT_QUERY_TIMEOUT, REPORT_VERSION,
+  type BufferReport, type ExporterReport, type InfoOptions, type Mapping, type ProcessReport, type Report, type SkippedEndpoint,
+  type ThreadReport, type ThreadStatus,
 } from './report.js';
 
 function sorted(s: Iterable<number>): number[] {
@@ -38,6 +39,10 @@ export async function collect(options: InfoOptions = {}): Promise<Report> {
   assertAvailable('info');
   const proc = options.proc ?? '/proc';
   const timeout = options.timeout ?? DEFAULT_QUERY_TIMEOUT;
+  const maxAnswer = options.maxAnswer ?? DEFAULT_MAX_ANSWER;
+  if (!Number.isSafeInteger(maxAnswer) || maxAnswer < 1) {
+    throw new DmaBufError('EINVAL', `info: maxAnswer must be a positive integer, not ${String(maxAnswer)}`, { op: 'info' });
+  }
   if (options.pid !== undefined) {
     try {
       statSync(`${proc}/${options.pid}`);
@@ -46,16 +51,24 @@ export async function collect(options: InfoOptions = {}): Promise<Report> {
     }
   }
   const endpoints = findEndpoints(proc);
-  const results = await queryAll(endpoints, timeout);
+  const results = await queryAll(endpoints, { timeout, maxAnswer, proc });
 
   const threads: ThreadReport[] = [];
+  const skipped: SkippedEndpoint[] = [];
   const buffers = new Map<string, BufferReport>();
+  /** Files that two threads say they export: each a buffer's only exporter, so one is wrong. */
+  const contested = new Map<string, BufferReport[]>();
   const importedSeen: { snap: Snapshot; pid: number; imp: Snapshot['imported'][number] }[] = [];
   endpoints.forEach((ep, i) => {
     const r = results[i]!;
+    if (r.status === 'skipped') {
+      // Nothing it said is used, not even as a thread of that process.
+      skipped.push({ pid: ep.pid, name: ep.name, reason: r.reason, peerPid: r.pid, peerUid: r.uid });
+      return;
+    }
     const pid = r.pid ?? ep.pid;
     const t: ThreadReport = { pid, threadId: ep.threadId, address: ep.address, status: r.status, uid: r.uid };
-    if (r.status === 'failed') t.error = r.error;
+    if (r.status === 'busy' || r.status === 'timeout' || r.status === 'failed') t.error = r.error;
     if (r.status === 'answered') {
       const s = r.snapshot;
       t.exported = s.exported.length;
@@ -63,12 +76,15 @@ export async function collect(options: InfoOptions = {}): Promise<Report> {
       t.serviceChannels = s.serviceChannels;
       t.importChannels = s.importChannels;
       for (const b of s.exported) {
-        buffers.set(b.key, {
+        const claim: BufferReport = {
           kind: 'dmabuf', key: b.key, name: b.name, exporter: b.exporter, size: b.size,
           exporterPid: pid, exporterThread: s.threadId, id: b.id, refs: b.refs, count: null,
           flags: b.flags, sealed: b.sealed, storage: b.storage ?? null, attachments: b.attachments,
           maps: b.maps, importers: [], holders: [], mappers: [], mappings: [], storageHolders: [],
-        });
+        };
+        const first = buffers.get(b.key);
+        if (first) contested.set(b.key, [...(contested.get(b.key) ?? [first]), claim]);
+        else buffers.set(b.key, claim);
       }
       for (const imp of s.imported) importedSeen.push({ snap: s, pid, imp });
     }
@@ -98,6 +114,15 @@ export async function collect(options: InfoOptions = {}): Promise<Report> {
 
   const socketInos = new Set([...buffers.keys()].map((k) => k.slice(k.indexOf(':') + 1)));
   const scan = scanProc(proc, socketInos);
+  // Of two threads that say they export the same file, believe the one whose process holds
+  // it (an exporter holds its buffer's file); when that does not decide, the first.
+  for (const [k, claims] of contested) {
+    const holders = scan.sockets.get(k.slice(k.indexOf(':') + 1)) ?? new Set<number>();
+    const held = claims.filter((c) => holders.has(c.exporterPid!));
+    const chosen = held.length === 1 ? held[0]! : claims[0]!;
+    chosen.importers = buffers.get(k)!.importers;
+    buffers.set(k, chosen);
+  }
   const storageKeys = new Set<string>();
   for (const b of buffers.values()) {
     b.holders = sorted(scan.sockets.get(b.key.slice(b.key.indexOf(':') + 1)) ?? []);
@@ -169,6 +194,8 @@ export async function collect(options: InfoOptions = {}): Promise<Report> {
   const processes = processTotals(list, scan, filter);
   const exporters = exporterTotals(list);
   const shownThreads = filter === undefined ? threads : threads.filter((t) => t.pid === filter);
+  const shownSkipped = filter === undefined ? skipped : skipped.filter((s) => s.pid === filter || s.peerPid === filter);
+  const counted = (status: ThreadStatus): number => shownThreads.filter((t) => t.status === status).length;
   return {
     version: REPORT_VERSION,
     time: new Date().toISOString(),
@@ -178,11 +205,15 @@ export async function collect(options: InfoOptions = {}): Promise<Report> {
     processes,
     exporters,
     threads: shownThreads,
+    skipped: shownSkipped,
     endpoints: {
       found: shownThreads.length,
-      answered: shownThreads.filter((t) => t.status === 'answered').length,
-      refused: shownThreads.filter((t) => t.status === 'refused').length,
-      failed: shownThreads.filter((t) => t.status === 'failed').length,
+      answered: counted('answered'),
+      refused: counted('refused'),
+      busy: counted('busy'),
+      timeout: counted('timeout'),
+      failed: counted('failed'),
+      skipped: shownSkipped.length,
     },
     unreadable: { count: scan.unreadable.length, processes: scan.unreadable },
   };

@@ -4,12 +4,23 @@
  * `src/remote/introspect.ts`); the listening ones are found in `/proc/net/unix` (this network
  * namespace). A thread answers only a peer of its own user, or root.
  *
+ * Anyone may bind such a name, so an endpoint is believed only when its `SO_PEERCRED` is the
+ * named process's (`peer.ts`), and only so much of its answer is read (`maxAnswer`), which
+ * must be a well-formed snapshot of the named thread (`answer.ts`). An endpoint that fails is
+ * `skipped`, with the reason, and nothing it said is used. A thread whose answer slots are all
+ * taken, or whose connection queue is full, is `busy`; it is asked again, a little later,
+ * until its time is up.
+ *
  * @module
  */
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { DmaBufError } from '../../src/core/errors.js';
-import { native, type PollHandle } from '../../src/native/binding.js';
-import { INTROSPECTION_PREFIX, type Snapshot } from '../../src/remote/introspect.js';
+import { native, type PeerCred, type PollHandle } from '../../src/native/binding.js';
+import { INTROSPECTION_PREFIX, MAX_INTROSPECTION_CLIENTS, type Snapshot } from '../../src/remote/introspect.js';
+import { parseAnswer } from './answer.js';
+import { verifyPeer } from './peer.js';
+import { formatBytes } from './format.js';
 
 /** One listening thread. */
 export interface Endpoint { address: string; name: string; pid: number; threadId: number }
@@ -39,14 +50,45 @@ export function findEndpoints(proc = '/proc'): Endpoint[] {
   return [...seen.values()];
 }
 
-/** What one thread said, or why it did not. */
+/** What one thread said, or why it did not. `pid` and `uid` are its `SO_PEERCRED`, when known. */
 export type QueryResult =
   | { status: 'answered'; snapshot: Snapshot; pid: number; uid: number }
-  | { status: 'refused'; pid: number | null; uid: number | null }
-  | { status: 'failed'; error: string; pid: number | null; uid: number | null };
+  | { status: 'refused'; pid: number; uid: number }
+  | { status: 'busy' | 'timeout' | 'failed'; error: string; pid: number | null; uid: number | null }
+  | { status: 'skipped'; reason: string; pid: number | null; uid: number | null };
 
-/** Asks one thread for its snapshot. Never throws. */
-export function query(name: string, timeout: number): Promise<QueryResult> {
+/** Options of {@link query}. */
+export interface QueryOptions {
+  /** Time the thread has to answer, busy or not, in milliseconds. */
+  timeout: number;
+  /** Largest answer read, in bytes. */
+  maxAnswer: number;
+  /** Where procfs is mounted. */
+  proc: string;
+}
+
+/** Pause between two tries of a busy thread, in milliseconds. */
+const BUSY_RETRY_MS = 50;
+/** Bytes read at a time. */
+const READ_CHUNK = 1 << 20;
+
+/**
+ * Asks one thread for its snapshot, trying again while it is busy, until `timeout`. Never
+ * throws.
+ */
+export async function query(ep: Endpoint, options: QueryOptions): Promise<QueryResult> {
+  const deadline = Date.now() + options.timeout;
+  for (;;) {
+    const r = await attempt(ep, options, deadline);
+    if (r.status !== 'busy') return r;
+    const left = deadline - Date.now();
+    if (left <= BUSY_RETRY_MS) return r;
+    await sleep(BUSY_RETRY_MS);
+  }
+}
+
+/** One connection to the thread. */
+function attempt(ep: Endpoint, options: QueryOptions, deadline: number): Promise<QueryResult> {
   const c = native.constants;
   let fd: number;
   try {
@@ -54,21 +96,29 @@ export function query(name: string, timeout: number): Promise<QueryResult> {
   } catch (err) {
     return Promise.resolve({ status: 'failed', error: (err as Error).message, pid: null, uid: null });
   }
-  let pid: number | null = null;
-  let uid: number | null = null;
+  let cred: PeerCred;
   try {
-    native.connect(fd, `\0${name}`);
-    const cred = native.peerCred(fd);
-    pid = cred.pid;
-    uid = cred.uid;
+    native.connect(fd, `\0${ep.name}`);
+    cred = native.peerCred(fd);
   } catch (err) {
     native.close(fd);
     const e = err as DmaBufError;
-    const why = e.code === 'ECONNREFUSED' ? 'the thread stopped listening' : e.code === 'EAGAIN' ? 'the thread is not accepting connections (busy or blocked)' : e.message;
-    return Promise.resolve({ status: 'failed', error: why, pid, uid });
+    if (e.code === 'EAGAIN') {
+      return Promise.resolve({ status: 'busy', error: 'its connection queue is full: it is not accepting connections (flooded, or its event loop is blocked)', pid: null, uid: null });
+    }
+    const why = e.code === 'ECONNREFUSED' ? 'the thread stopped listening' : e.message;
+    return Promise.resolve({ status: 'failed', error: why, pid: null, uid: null });
   }
+  const uid = cred.uid;
+  const peer = verifyPeer(ep.pid, cred, options.proc);
+  if (!peer.ok) {
+    native.close(fd);
+    return Promise.resolve({ status: 'skipped', reason: peer.reason, pid: cred.pid, uid });
+  }
+  const pid = peer.pid;
   return new Promise<QueryResult>((resolve) => {
     const chunks: Buffer[] = [];
+    let length = 0;
     let poll: PollHandle | null = null;
     let finished = false;
     const finish = (r: QueryResult): void => {
@@ -77,30 +127,37 @@ export function query(name: string, timeout: number): Promise<QueryResult> {
       clearTimeout(timer);
       if (poll) native.pollClose(poll);
       native.close(fd);
+      chunks.length = 0;
       resolve(r);
     };
-    const timer = setTimeout(() => finish({ status: 'failed', error: `no answer within ${timeout} ms (is its event loop blocked?)`, pid, uid }), timeout);
+    const timer = setTimeout(
+      () => finish({ status: 'timeout', error: `no answer within ${options.timeout} ms (is its event loop blocked?)`, pid, uid }),
+      Math.max(0, deadline - Date.now()),
+    );
     const onEof = (): void => {
-      const data = Buffer.concat(chunks);
-      if (data.length === 0) {
+      if (length === 0) {
         finish({ status: 'refused', pid, uid });
         return;
       }
+      let answer;
       try {
-        const snapshot = JSON.parse(data.toString('utf8')) as Snapshot;
-        if (typeof snapshot !== 'object' || snapshot === null || !Array.isArray(snapshot.exported) || !Array.isArray(snapshot.imported)) {
-          throw new Error('not a snapshot');
-        }
-        finish({ status: 'answered', snapshot, pid: pid ?? snapshot.pid, uid: uid ?? -1 });
+        answer = parseAnswer(Buffer.concat(chunks, length), ep.pid, ep.threadId);
       } catch (err) {
-        finish({ status: 'failed', error: `a malformed answer: ${(err as Error).message}`, pid, uid });
+        finish({ status: 'skipped', reason: (err as Error).message.replace(/^info: /, ''), pid, uid });
+        return;
+      }
+      if (answer.busy) {
+        finish({ status: 'busy', error: `every answer slot is taken (${MAX_INTROSPECTION_CLIENTS} other clients are being answered)`, pid, uid });
+      } else {
+        finish({ status: 'answered', snapshot: answer.snapshot, pid, uid });
       }
     };
     const drain = (): void => {
       for (;;) {
         let r;
         try {
-          r = native.recvmsg(fd, 1 << 20, 0, c.MSG_DONTWAIT);
+          // One byte more than the cap may hold tells an answer that is too long.
+          r = native.recvmsg(fd, Math.min(READ_CHUNK, options.maxAnswer + 1 - length), 0, c.MSG_DONTWAIT);
         } catch (err) {
           const e = err as DmaBufError;
           if (e.code === 'EAGAIN') return;
@@ -109,7 +166,12 @@ export function query(name: string, timeout: number): Promise<QueryResult> {
           return;
         }
         if (r.data.length === 0) { onEof(); return; }
-        chunks.push(Buffer.from(r.data));
+        chunks.push(r.data);
+        length += r.data.length;
+        if (length > options.maxAnswer) {
+          finish({ status: 'skipped', reason: `its answer is longer than ${formatBytes(options.maxAnswer)} (${options.maxAnswer} bytes): cut there`, pid, uid });
+          return;
+        }
       }
     };
     try {
@@ -122,15 +184,18 @@ export function query(name: string, timeout: number): Promise<QueryResult> {
 }
 
 /** Asks every thread, at most 32 at a time; the results are in the order of `endpoints`. */
-export async function queryAll(endpoints: Endpoint[], timeout: number): Promise<QueryResult[]> {
+export async function queryAll(endpoints: Endpoint[], options: QueryOptions): Promise<QueryResult[]> {
   const out: QueryResult[] = new Array(endpoints.length);
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < endpoints.length) {
       const i = next++;
-      out[i] = await query(endpoints[i]!.name, timeout);
+      out[i] = await query(endpoints[i]!, options);
     }
   };
-  await Promise.all(Array.from({ length: Math.min(32, endpoints.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(MAX_CONCURRENT_QUERIES, endpoints.length) }, worker));
   return out;
 }
+
+/** Most threads asked at once: at most this many answers of `maxAnswer` bytes are held at once. */
+export const MAX_CONCURRENT_QUERIES = 32;

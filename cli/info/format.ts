@@ -15,7 +15,17 @@ export function formatBytes(n: number): string {
   return i === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : 1)} ${units[i]}`;
 }
 
-function table(header: string[], rows: string[][]): string {
+/**
+ * `s` with control characters shown as `\xNN` (`\n` as `\x0a`): names come from other
+ * processes, and must not move the cursor, clear the screen or start a line of their own.
+ */
+export function printable(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return s.replace(/[\u0000-\u001f\u007f-\u009f]/g, (ch) => `\\x${ch.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+function table(header: string[], cells: string[][]): string {
+  const rows = cells.map((r) => r.map(printable));
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (r: string[]): string => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();
   return [line(header), ...rows.map(line)].join('\n');
@@ -28,6 +38,10 @@ function attachmentsText(b: BufferReport): string {
 
 function pidsText(p: number[]): string {
   return p.length ? p.join(',') : '-';
+}
+
+function threadsText(n: number): string {
+  return `${n} thread${n === 1 ? '' : 's'}`;
 }
 
 function uidSummary(uids: (number | null)[]): string {
@@ -84,11 +98,27 @@ export function formatText(r: Report): string {
   const ep = r.endpoints;
   out.push(`${ep.found} thread${ep.found === 1 ? '' : 's'} with buffers found, ${ep.answered} answered.`);
   const refused = r.threads.filter((t) => t.status === 'refused');
-  if (refused.length) {
-    out.push(`${refused.length} thread${refused.length === 1 ? '' : 's'} refused to answer (another user's; ${uidSummary(refused.map((t) => t.uid))}): ${refused.map((t) => `pid ${t.pid}`).join(', ')}. Run as that user or as root to see their buffers.`);
+  // A thread answers its own user and root: refused by another user's thread is expected;
+  // refused although you are its user or root, it is in another user namespace.
+  const strangers = refused.filter((t) => t.uid !== r.uid && r.uid !== 0);
+  if (strangers.length) {
+    out.push(`${threadsText(strangers.length)} refused to answer (another user's; ${uidSummary(strangers.map((t) => t.uid))}): ${strangers.map((t) => `pid ${t.pid}`).join(', ')}. Run as that user or as root to see their buffers.`);
+  }
+  const own = refused.filter((t) => !strangers.includes(t));
+  if (own.length) {
+    out.push(`${threadsText(own.length)} refused to answer although you are ${r.uid === 0 ? 'root' : 'their user'} (${uidSummary(own.map((t) => t.uid))}): ${own.map((t) => `pid ${t.pid}`).join(', ')}. A thread in another user namespace does not answer.`);
+  }
+  for (const t of r.threads.filter((x) => x.status === 'busy')) {
+    out.push(`pid ${t.pid} thread ${t.threadId} is busy: ${t.error}. Try again.`);
+  }
+  for (const t of r.threads.filter((x) => x.status === 'timeout')) {
+    out.push(`pid ${t.pid} thread ${t.threadId} did not answer: ${t.error}`);
   }
   for (const t of r.threads.filter((x) => x.status === 'failed')) {
-    out.push(`pid ${t.pid} thread ${t.threadId} did not answer: ${t.error}`);
+    out.push(`pid ${t.pid} thread ${t.threadId} failed: ${t.error}`);
+  }
+  for (const s of r.skipped) {
+    out.push(`Skipped @${printable(s.name)}, which claims to be pid ${s.pid}: ${s.reason}. Nothing it said is listed.`);
   }
   const u = r.unreadable;
   if (u.count) {

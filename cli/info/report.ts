@@ -6,10 +6,18 @@
  */
 import type { AttachmentSnapshot, Snapshot, StorageSnapshot } from '../../src/remote/introspect.js';
 
-/** Version of the `--json` format. */
-export const REPORT_VERSION = 1;
+/**
+ * Version of the `--json` format. 2: thread statuses `busy` and `timeout` (version 1 said
+ * `failed` for both), the `skipped` list, and their counts in `endpoints`.
+ */
+export const REPORT_VERSION = 2;
 /** Default time each thread has to answer, in milliseconds. */
 export const DEFAULT_QUERY_TIMEOUT = 1000;
+/**
+ * Largest answer read from one endpoint, in bytes (16 MiB: a snapshot of some 30,000
+ * buffers). A longer answer is cut there and its endpoint skipped.
+ */
+export const DEFAULT_MAX_ANSWER = 16 << 20;
 
 /** Options of {@link collect}. */
 export interface InfoOptions {
@@ -17,6 +25,8 @@ export interface InfoOptions {
   pid?: number;
   /** Time each thread has to answer, in milliseconds. */
   timeout?: number;
+  /** Largest answer read from one endpoint, in bytes (default {@link DEFAULT_MAX_ANSWER}). */
+  maxAnswer?: number;
   /** Where procfs is mounted (default `/proc`). */
   proc?: string;
 }
@@ -104,21 +114,46 @@ export interface ExporterReport {
   pids: number[];
 }
 
+/** How a thread's listener answered. */
+export type ThreadStatus = 'answered' | 'refused' | 'busy' | 'timeout' | 'failed';
+
 /** What one thread's listener said. */
 export interface ThreadReport {
   pid: number;
   threadId: number;
   /** The abstract name, as `/proc/net/unix` shows it. */
   address: string;
-  /** `'answered'`; `'refused'`: closed without data (another user's); `'failed'`: see error. */
-  status: 'answered' | 'refused' | 'failed';
+  /**
+   * `'answered'`; `'refused'`: closed without data (the thread does not answer this user);
+   * `'busy'`: every answer slot was taken, or its connection queue was full, for the whole
+   * timeout; `'timeout'`: no answer within the timeout; `'failed'`: see `error`.
+   */
+  status: ThreadStatus;
   /** The listener's user (SO_PEERCRED), when known. */
   uid: number | null;
+  /** Why it is busy, timed out or failed. */
   error?: string;
   exported?: number;
   imported?: number;
   serviceChannels?: Snapshot['serviceChannels'];
   importChannels?: Snapshot['importChannels'];
+}
+
+/**
+ * An endpoint that was not believed: its socket is not the named process's (another process
+ * took the name, or a user that may not speak for that process listens on it), or its answer
+ * was too long or malformed. Nothing it said is in the listing.
+ */
+export interface SkippedEndpoint {
+  /** The pid in the endpoint's name: the process it claims to speak for. */
+  pid: number;
+  /** The abstract name, without the leading `@`. */
+  name: string;
+  /** Why it was skipped. */
+  reason: string;
+  /** The process and user that listen on it (SO_PEERCRED), when known. */
+  peerPid: number | null;
+  peerUid: number | null;
 }
 
 /** An unreadable process. */
@@ -142,6 +177,9 @@ export interface Report {
   processes: ProcessReport[];
   exporters: ExporterReport[];
   threads: ThreadReport[];
-  endpoints: { found: number; answered: number; refused: number; failed: number };
+  /** Endpoints that were not believed (see {@link SkippedEndpoint}); not in `threads`. */
+  skipped: SkippedEndpoint[];
+  /** Counts of `threads` by status (`found` is their number), and of `skipped`. */
+  endpoints: { found: number; answered: number; refused: number; busy: number; timeout: number; failed: number; skipped: number };
   unreadable: { count: number; processes: UnreadableProcess[] };
 }

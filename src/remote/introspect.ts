@@ -9,7 +9,9 @@
  * file: the thread listens on the abstract Unix socket `\0dmabuf-info.<pid>.<threadId>`
  * (listed in `/proc/net/unix` as `@dmabuf-info.<pid>.<threadId>`) and answers every
  * connection with one JSON snapshot, then closes it. Only peers of the same effective user, or
- * root, get an answer (checked with `SO_PEERCRED`); others are closed without data.
+ * root, get an answer (checked with `SO_PEERCRED`); others are closed without data. While
+ * {@link MAX_INTROSPECTION_CLIENTS} answers are in progress, a further peer that may be
+ * answered gets {@link INTROSPECTION_BUSY} instead.
  *
  * The thread listens only while it has buffers (exported or imported, not yet released): the
  * listener starts with the first and closes with the last, so a thread without buffers holds
@@ -39,6 +41,13 @@ export const INTROSPECTION_PREFIX = 'dmabuf-info.';
 export const MAX_INTROSPECTION_CLIENTS = 16;
 /** A client that has not read its snapshot in this time is dropped, in milliseconds. */
 export const INTROSPECTION_SEND_TIMEOUT = 5000;
+/**
+ * The whole answer to a peer that may be answered while {@link MAX_INTROSPECTION_CLIENTS}
+ * others are being answered: `dmabuf info` reports the thread as busy, not as refusing. A peer
+ * that may not be answered still gets nothing.
+ */
+export const INTROSPECTION_BUSY = '{"busy":true}\n';
+const BUSY_NOTICE = Buffer.from(INTROSPECTION_BUSY);
 
 /** One attachment of a buffer: the device and its live maps. */
 export interface AttachmentSnapshot {
@@ -373,8 +382,12 @@ function acceptAll(fd: number): void {
       native.close(conn);
       continue;
     }
-    if (clients >= MAX_INTROSPECTION_CLIENTS || !mayAnswer(conn)) {
+    if (!mayAnswer(conn)) {
       closeOwned(conn);
+      continue;
+    }
+    if (clients >= MAX_INTROSPECTION_CLIENTS) {
+      sayBusy(conn);
       continue;
     }
     let data: Buffer;
@@ -397,6 +410,19 @@ function mayAnswer(fd: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Tells a peer that may be answered that every answer slot is taken, then closes: a few bytes
+ * on a new connection, which its empty send buffer always takes at once.
+ */
+function sayBusy(fd: number): void {
+  try {
+    native.sendmsg(fd, BUSY_NOTICE, [], native.constants.MSG_DONTWAIT);
+  } catch {
+    // the peer is gone: nothing to tell
+  }
+  closeOwned(fd);
 }
 
 /** Sends `data` on a non-blocking stream, waiting for room when needed, then closes. */

@@ -10,14 +10,10 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir, homedir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { INDEX_URL, BINDING_URL, nextLine } from '../helpers.js';
-import type { Report, BufferReport } from '../../cli/info.js';
+import { REPORT_VERSION, type Report } from '../../cli/info.js';
+import { CLI, ROOT, byName, infoJson, runInfo } from './info-run.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-/** The package root (dist/test/cli -> ../../..). */
-const ROOT = path.resolve(HERE, '..', '..', '..');
-const CLI = path.join(ROOT, 'dist', 'cli', 'dmabuf.js');
 const TAG = `info-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 const NOBODY = 65534;
 
@@ -40,27 +36,8 @@ await new Promise((r) => setTimeout(r, 30)); // the introspection listener start
 `;
 
 /** Runs `dmabuf info` with arguments; returns stdout (exit status must be 0). */
-function runInfo(args: string[], opts: { uid?: number } = {}): string {
-  const r = spawnSync(process.execPath, ['--no-warnings', CLI, 'info', ...args], {
-    encoding: 'utf8',
-    timeout: 30_000,
-    // The listing covers the whole machine: other programs' buffers (thousands, in another
-    // project's scale test) can make it larger than spawnSync's default 1 MiB.
-    maxBuffer: 256 << 20,
-    ...(opts.uid !== undefined ? { uid: opts.uid, gid: opts.uid } : {}),
-  });
-  assert.equal(r.status, 0, `dmabuf info ${args.join(' ')} failed (${r.status ?? r.signal ?? r.error?.message}): ${r.stderr}`);
-  return r.stdout;
-}
-
-function infoJson(args: string[] = [], opts: { uid?: number } = {}): Report {
-  return JSON.parse(runInfo(['--json', ...args], opts)) as Report;
-}
-
-function byName(r: Report, name: string): BufferReport {
-  const found = r.buffers.filter((b) => b.name === name);
-  assert.equal(found.length, 1, `expected one buffer named ${name}, got ${found.length}: ${JSON.stringify(r.buffers.map((b) => b.name))}`);
-  return found[0]!;
+function runText(args: string[], opts: { uid?: number } = {}): string {
+  return runInfo(args, opts).stdout;
 }
 
 const children: ChildProcess[] = [];
@@ -142,7 +119,7 @@ after(() => {
 
 test('every buffer is listed with its exporter, size, holders, mappers, attachments and importers', () => {
   const r = infoJson();
-  assert.equal(r.version, 1);
+  assert.equal(r.version, REPORT_VERSION);
 
   const shared = byName(r, `${TAG}-shared`);
   assert.equal(shared.kind, 'dmabuf');
@@ -251,13 +228,13 @@ test('--pid lists only what that process exports, imports, holds or maps, and it
   const ra = infoJson(['--pid', String(pids.a)]);
   assert.deepEqual(ra.buffers.map((b) => b.name).sort(), [`${TAG}-lazy`, `${TAG}-shared`, `${TAG}-worker`]);
 
-  const text = runInfo(['--pid', String(pids.d)]);
+  const text = runText(['--pid', String(pids.d)]);
   assert.match(text, new RegExp(`${TAG}-other`));
   assert.doesNotMatch(text, new RegExp(`${TAG}-shared`));
 });
 
 test('the human listing shows buffers, holders, mappers, devices and both totals', () => {
-  const text = runInfo([]);
+  const text = runText([]);
   const line = text.split('\n').find((l) => l.includes(`${TAG}-shared`));
   assert.ok(line, text);
   assert.match(line, /system/);
@@ -272,7 +249,7 @@ test('the human listing shows buffers, holders, mappers, devices and both totals
 });
 
 test('--csv has a header and one row per buffer', () => {
-  const csv = runInfo(['--csv']).trimEnd().split('\n');
+  const csv = runText(['--csv']).trimEnd().split('\n');
   const header = csv[0]!.split(',');
   assert.deepEqual(header.slice(0, 7), ['kind', 'key', 'name', 'exporter', 'exporter_pid', 'exporter_thread', 'size']);
   const rows = csv.slice(1).map((l) => l.split(','));
@@ -346,7 +323,7 @@ test('other users: their threads refuse to answer and their processes are counte
   assert.equal(r.unreadable.count, r.unreadable.processes.length);
   assert.ok(r.endpoints.refused >= 4, `refused: ${r.endpoints.refused}`);
 
-  const text = runInfo([], { uid: NOBODY });
+  const text = runText([], { uid: NOBODY });
   assert.match(text, /threads? refused to answer \(another user's; uid 0: \d+\)/);
   assert.match(text, /\d+ process(es)? could not be read \(uid 0: \d+/);
 });
