@@ -19,11 +19,18 @@ import { DmaBufError } from '../../src/core/errors.js';
 import { native, type PeerCred, type PollHandle } from '../../src/native/binding.js';
 import { INTROSPECTION_PREFIX, MAX_INTROSPECTION_CLIENTS, type Snapshot } from '../../src/remote/introspect.js';
 import { parseAnswer } from './answer.js';
-import { verifyPeer } from './peer.js';
+import { holdsSocket, verifyPeer } from './peer.js';
 import { formatBytes } from './format.js';
 
-/** One listening thread. */
-export interface Endpoint { address: string; name: string; pid: number; threadId: number }
+/** One listening thread, as its name says: `pid` and `threadId` are not checked yet. */
+export interface Endpoint {
+  address: string;
+  name: string;
+  pid: number;
+  threadId: number;
+  /** The listening socket's inode (to find which process holds it). */
+  inode: string;
+}
 
 const ENDPOINT_RE = /^@(dmabuf-info\.(\d+)\.(\d+)(?:\.\d+)?)$/;
 
@@ -45,7 +52,7 @@ export function findEndpoints(proc = '/proc'): Endpoint[] {
     if (!m) continue;
     // Listening sockets carry __SO_ACCEPTCON (0x10000) in Flags.
     if ((parseInt(f[3]!, 16) & 0x10000) === 0) continue;
-    seen.set(path, { address: path, name: m[1]!, pid: Number(m[2]), threadId: Number(m[3]) });
+    seen.set(path, { address: path, name: m[1]!, pid: Number(m[2]), threadId: Number(m[3]), inode: f[6]! });
   }
   return [...seen.values()];
 }
@@ -103,9 +110,7 @@ function attempt(ep: Endpoint, options: QueryOptions, deadline: number): Promise
   } catch (err) {
     native.close(fd);
     const e = err as DmaBufError;
-    if (e.code === 'EAGAIN') {
-      return Promise.resolve({ status: 'busy', error: 'its connection queue is full: it is not accepting connections (flooded, or its event loop is blocked)', pid: null, uid: null });
-    }
+    if (e.code === 'EAGAIN') return Promise.resolve(queueFull(ep, options.proc));
     const why = e.code === 'ECONNREFUSED' ? 'the thread stopped listening' : e.message;
     return Promise.resolve({ status: 'failed', error: why, pid: null, uid: null });
   }
@@ -181,6 +186,19 @@ function attempt(ep: Endpoint, options: QueryOptions, deadline: number): Promise
       finish({ status: 'failed', error: (err as Error).message, pid, uid });
     }
   });
+}
+
+/**
+ * A connection the kernel refused because the listener's queue is full: no `SO_PEERCRED` to
+ * check, so the thread is said busy only when the named process holds the listening socket.
+ */
+function queueFull(ep: Endpoint, proc: string): QueryResult {
+  const holds = holdsSocket(ep.pid, ep.inode, proc);
+  if (holds === false) {
+    return { status: 'skipped', reason: `its connection queue is full, and pid ${ep.pid} does not hold its socket: another process took the name`, pid: null, uid: null };
+  }
+  const busy = 'its connection queue is full: it is not accepting connections (flooded, or its event loop is blocked)';
+  return { status: 'busy', error: holds ? busy : `${busy}; that it is pid ${ep.pid}'s could not be checked`, pid: null, uid: null };
 }
 
 /** Asks every thread, at most 32 at a time; the results are in the order of `endpoints`. */

@@ -12,10 +12,12 @@
  *   reused by another user's process fails this.
  *
  * What a believed endpoint says is attributed to the `SO_PEERCRED` pid, never to the name.
+ * When no connection can be made (its queue is full), {@link holdsSocket} tells at least
+ * whether the named process holds the listening socket.
  *
  * @module
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import type { PeerCred } from '../../src/native/binding.js';
 
 /** The endpoint is believed, for process `pid` (in this pid namespace). */
@@ -59,4 +61,27 @@ export function verifyPeer(namePid: number, cred: PeerCred, proc = '/proc'): Bel
     return { ok: false, reason: `uid ${cred.uid} listens on it, and may not speak for pid ${cred.pid} (real uid ${uids[0] ?? '?'}, effective uid ${uids[1] ?? '?'})` };
   }
   return { ok: true, pid: cred.pid };
+}
+
+/**
+ * Whether process `pid` has a descriptor of the socket with inode `inode`: true, false, or
+ * null when its `/proc/PID/fd` cannot be read. The weaker check, for when no connection could
+ * be made to read `SO_PEERCRED` (a full connection queue). Never throws.
+ */
+export function holdsSocket(pid: number, inode: string, proc = '/proc'): boolean | null {
+  const want = `socket:[${inode}]`;
+  let fds: string[];
+  try {
+    fds = readdirSync(`${proc}/${pid}/fd`);
+  } catch {
+    return null;
+  }
+  for (const fd of fds) {
+    try {
+      if (readlinkSync(`${proc}/${pid}/fd/${fd}`) === want) return true;
+    } catch {
+      // closed while listing
+    }
+  }
+  return false;
 }

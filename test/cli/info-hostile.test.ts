@@ -67,6 +67,10 @@ before(async () => {
     for (const pid of [${pids.sleeper}, ${pids.victim}]) {
       listen('dmabuf-info.' + pid + '.0', (s) => s.end(snapshot(pid, 0, [row('FORGED-by-nobody', '9:' + pid)])));
     }
+    // One that never accepts, with a queue of one: full after one connection.
+    const stuck = native.socket(native.constants.SOCK_STREAM, true);
+    native.bind(stuck, '\\0dmabuf-info.${pids.sleeper}.1');
+    native.listen(stuck, 0);
     out({ pid: process.pid });
     ${STAY}
   `);
@@ -131,7 +135,28 @@ test('an endpoint whose name another process took is skipped: its made-up buffer
   // Scoped to the claimed pid, the skipped endpoint is still said.
   const scoped = infoJson(['--pid', String(pids.sleeper)]);
   assert.deepEqual(scoped.buffers, []);
-  assert.deepEqual(scoped.skipped.map((s) => s.name), [`dmabuf-info.${pids.sleeper}.0`]);
+  assert.deepEqual(scoped.skipped.map((s) => s.name).sort(), [`dmabuf-info.${pids.sleeper}.0`, `dmabuf-info.${pids.sleeper}.1`]);
+});
+
+test('a full connection queue under another process\'s name is skipped, not said busy for that process', () => {
+  const name = `dmabuf-info.${pids.sleeper}.1`;
+  const queued: number[] = [];
+  try {
+    for (;;) {
+      try {
+        queued.push(connect(name));
+      } catch (err) {
+        assert.equal((err as { code?: string }).code, 'EAGAIN');
+        break;
+      }
+      assert.ok(queued.length < 100, 'the queue has a limit');
+    }
+    const r = infoJson(['--timeout', '300']);
+    assert.equal(skippedOf(r, name).reason, `its connection queue is full, and pid ${pids.sleeper} does not hold its socket: another process took the name`);
+    assert.deepEqual(threadsOf(r, pids.sleeper), []);
+  } finally {
+    for (const fd of queued) native.close(fd);
+  }
 });
 
 test(`an endless answer is cut at ${DEFAULT_MAX_ANSWER >> 20} MiB and its endpoint skipped; the command's memory stays bounded`, () => {
