@@ -328,6 +328,13 @@ test('other users: their threads refuse to answer and their processes are counte
   assert.match(text, /\d+ process(es)? could not be read \(uid 0: \d+/);
 });
 
+test('collect() refuses a maxAnswer that is not a positive integer (EINVAL)', async () => {
+  const { collect } = await import('../../cli/info.js');
+  for (const maxAnswer of [0, -1, 1.5, Number.NaN]) {
+    await assert.rejects(collect({ maxAnswer }), { code: 'EINVAL', message: /maxAnswer must be a positive integer/ });
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // Kernel dma-bufs, in a VM with a real kernel (this machine's kernel offers no way to make one).
 
