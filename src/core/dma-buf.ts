@@ -275,19 +275,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
       throw new DmaBufError('EINVAL', 'attach: expected a Device (for example new CpuDevice())', { op: 'attach' });
     }
     const buffer = await DmaBuf.#get(fd, options, { device, direction });
-    try {
-      const attachment = await buffer.attach(device);
-      try {
-        const sgt = await attachment.map(direction, options.signal ? { signal: options.signal } : {});
-        return { buffer, attachment, sgt };
-      } catch (err) {
-        await attachment.detach().catch(() => {});
-        throw err;
-      }
-    } catch (err) {
-      buffer.put();
-      throw err;
-    }
+    return attachMapped(buffer, device, direction, options.signal);
   }
 
   static #lookup(key: string): DmaBuf | undefined {
@@ -674,6 +662,28 @@ export class DmaBuf<Priv = unknown> implements Disposable {
 function checkCpuAccess(op: string, access: unknown): void {
   if (access !== 'read' && access !== 'write' && access !== 'read-write') {
     throw new DmaBufError('EINVAL', `${op}: access must be 'read', 'write' or 'read-write', got ${String(access)}`, { op });
+  }
+}
+
+/**
+ * Attaches `device` to a buffer just gotten and maps it. On failure the attachment is detached
+ * and the caller's reference put: the buffer is then as if never gotten.
+ *
+ * @throws {DmaBufError} what `attach` and `map` throw.
+ */
+export async function attachMapped(buffer: DmaBuf, device: Device, direction: DmaDirection, signal?: AbortSignal): Promise<{ buffer: DmaBuf; attachment: DmaBufAttachment; sgt: SgTable }> {
+  try {
+    const attachment = await buffer.attach(device);
+    try {
+      const sgt = await attachment.map(direction, signal ? { signal } : {});
+      return { buffer, attachment, sgt };
+    } catch (err) {
+      await attachment.detach().catch(() => {});
+      throw err;
+    }
+  } catch (err) {
+    buffer.put();
+    throw err;
   }
 }
 
