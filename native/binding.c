@@ -32,6 +32,7 @@
 #include <uv.h>
 
 #include "sys.h"
+#include "diag.h"
 #include <poll.h>
 
 /* Newer than the C library's headers on some systems (values from the kernel's uapi). */
@@ -717,12 +718,34 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
   return number(env, (double)r);
 }
 
+/* obj.cred = { pid, uid, gid }, or null when `cred` is NULL. Returns 0, or -1 (thrown). */
+static int set_cred(napi_env env, napi_value obj, const struct sys_ucred *cred) {
+  napi_value v;
+  if (cred == NULL) {
+    if (napi_get_null(env, &v) != napi_ok) {
+      throw_napi(env);
+      return -1;
+    }
+  } else if (napi_create_object(env, &v) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  } else if (set_number(env, v, "pid", cred->pid) != 0 || set_number(env, v, "uid", cred->uid) != 0 ||
+             set_number(env, v, "gid", cred->gid) != 0) {
+    return -1;
+  }
+  if (napi_set_named_property(env, obj, "cred", v) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  return 0;
+}
+
 static void close_all(const int *fds, size_t n) {
   for (size_t i = 0; i < n; i++) sys_close(fds[i]);
 }
 
 static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
-  ARGS(5);
+  ARGS(6);
   int fd;
   uint64_t max_bytes, max_fds;
   uint32_t flags;
@@ -740,8 +763,11 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   int fds[SYS_SCM_MAX_FD];
   size_t nfds = 0;
   int msg_flags = 0;
-  ssize_t r = sys_recvmsg(fd, buf, (size_t)max_bytes, fds, (size_t)max_fds, &nfds,
-                          (int)flags, &msg_flags);
+  /* An optional sixth argument, true: also return the sender's SCM_CREDENTIALS as `cred`. */
+  int want_cred = arg_soft_eagain(env, argv[5]), has_cred = 0;
+  struct sys_ucred cred = {0, 0, 0};
+  ssize_t r = sys_recvmsg_cred(fd, buf, (size_t)max_bytes, fds, (size_t)max_fds, &nfds,
+                               (int)flags, &msg_flags, want_cred ? &cred : NULL, &has_cred);
   if (r < 0) {
     free(buf);
     if (r == -EAGAIN && arg_soft_eagain(env, argv[4])) {
@@ -766,6 +792,7 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   ok = ok && napi_set_named_property(env, obj, "data", data) == napi_ok &&
        napi_set_named_property(env, obj, "fds", arr) == napi_ok &&
        napi_set_named_property(env, obj, "flags", flags_v) == napi_ok;
+  if (ok && want_cred) ok = set_cred(env, obj, has_cred ? &cred : NULL) == 0;
   free(buf);
   if (!ok) {
     throw_napi(env);
@@ -1253,6 +1280,69 @@ static napi_value js_pidfd_getfd(napi_env env, napi_callback_info info) {
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* socket diagnostics and credentials (diag.c)                                          */
+/* ------------------------------------------------------------------------------------ */
+
+static napi_value js_unix_diag_peer(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int64_t ino;
+  if (arg_int(env, argv[0], "ino", 1.0, 4294967295.0, &ino) != 0) return NULL;
+  uint32_t peer = 0;
+  int r = sys_unix_diag_peer((uint32_t)ino, &peer);
+  if (r < 0) return throw_errno(env, "sock_diag", -r);
+  return number(env, peer);
+}
+
+static napi_value js_sock_outq(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  int r = sys_sock_outq(fd);
+  if (r < 0) return throw_errno(env, "ioctl", -r);
+  return number(env, r);
+}
+
+static napi_value js_hup_watch(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  return fd_result(env, "epoll_ctl", sys_hup_watch(fd));
+}
+
+static napi_value js_hup_watch_take(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "epfd", &fd) != 0) return NULL;
+  int r = sys_hup_watch_take(fd);
+  if (r < 0) return throw_errno(env, "epoll_wait", -r);
+  return number(env, r);
+}
+
+static napi_value js_shutdown(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  int64_t how;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_int(env, argv[1], "how", SHUT_RD, SHUT_RDWR, &how) != 0) return NULL;
+  return void_result(env, "shutdown", sys_shutdown(fd, (int)how));
+}
+
+static napi_value js_set_passcred(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, on;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bool(env, argv[1], "on", &on) != 0) return NULL;
+  return void_result(env, "setsockopt", sys_set_passcred(fd, on));
+}
+
+static napi_value js_peer_pidfd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  return fd_result(env, "getsockopt", sys_peer_pidfd(fd));
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* descriptors owned by this environment                                                */
 /* ------------------------------------------------------------------------------------ */
 
@@ -1358,6 +1448,9 @@ static napi_value make_constants(napi_env env) {
   C(MSG_NOSIGNAL);
   C(MSG_EOR);
   C(MSG_WAITALL);
+  C(SHUT_RD);
+  C(SHUT_WR);
+  C(SHUT_RDWR);
   C(UV_READABLE);
   C(UV_WRITABLE);
   C(UV_DISCONNECT);
@@ -1448,6 +1541,13 @@ NAPI_MODULE_INIT() {
       FN("ioctl", js_ioctl),
       FN("pidfdOpen", js_pidfd_open),
       FN("pidfdGetfd", js_pidfd_getfd),
+      FN("unixDiagPeer", js_unix_diag_peer),
+      FN("sockOutq", js_sock_outq),
+      FN("hupWatch", js_hup_watch),
+      FN("hupWatchTake", js_hup_watch_take),
+      FN("shutdown", js_shutdown),
+      FN("setPasscred", js_set_passcred),
+      FN("peerPidfd", js_peer_pidfd),
       {"constants", NULL, NULL, NULL, NULL, constants, napi_enumerable, NULL},
   };
   NAPI(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));

@@ -2,6 +2,8 @@
  * sys.c - see sys.h. Plain C over glibc; no Node-API here.
  */
 #include "sys.h"
+#include "diag.h"
+#include "retry.h"
 
 #include <poll.h>
 #include <stdatomic.h>
@@ -27,12 +29,6 @@
 #define SYS_pidfd_getfd 438
 #endif
 
-/* Runs `expr` (which returns -1 and sets errno on failure) until it is not EINTR. */
-#define RETRY(type, var, expr)                 \
-  type var;                                    \
-  do {                                         \
-    var = (expr);                              \
-  } while (var == -1 && errno == EINTR)
 
 #define NEG_ERRNO(var) ((var) == -1 ? -errno : (var))
 
@@ -238,51 +234,7 @@ ssize_t sys_sendmsg(int fd, const void *data, size_t length, const int *fds, siz
 
 ssize_t sys_recvmsg(int fd, void *data, size_t cap, int *fds, size_t max_fds, size_t *nfds,
                     int flags, int *msg_flags) {
-  if (max_fds > SYS_SCM_MAX_FD) max_fds = SYS_SCM_MAX_FD;
-  union {
-    char buf[CMSG_SPACE(SYS_SCM_MAX_FD * sizeof(int))];
-    struct cmsghdr align;
-  } control;
-  char dummy;
-  struct iovec iov = {.iov_base = cap > 0 ? data : &dummy, .iov_len = cap};
-  struct msghdr msg;
-  memset(&msg, 0, sizeof(msg));
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (max_fds > 0) {
-    msg.msg_control = control.buf;
-    msg.msg_controllen = CMSG_SPACE(max_fds * sizeof(int));
-  }
-  *nfds = 0;
-  *msg_flags = 0;
-  RETRY(ssize_t, r, recvmsg(fd, &msg, flags | MSG_CMSG_CLOEXEC));
-  if (r == -1) return -errno;
-  /*
-   * Collect every SCM_RIGHTS descriptor. CMSG_SPACE rounds up, so the kernel may deliver
-   * more than max_fds; those (and any other surplus) are closed here, never leaked.
-   */
-  size_t kept = 0;
-  if (max_fds > 0) {
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      if (c->cmsg_len < CMSG_LEN(0)) continue;
-      size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      const unsigned char *p = CMSG_DATA(c);
-      for (size_t i = 0; i < n; i++) {
-        int got;
-        memcpy(&got, p + i * sizeof(int), sizeof(int));
-        if (kept < max_fds) {
-          fds[kept++] = got;
-        } else {
-          close(got);
-        }
-      }
-    }
-  }
-  *nfds = kept;
-  /* The kernel echoes MSG_CMSG_CLOEXEC (an input flag we added) in msg_flags; drop it. */
-  *msg_flags = msg.msg_flags & ~MSG_CMSG_CLOEXEC;
-  return r;
+  return sys_recvmsg_cred(fd, data, cap, fds, max_fds, nfds, flags, msg_flags, NULL, NULL);
 }
 
 int sys_mmap(int fd, size_t length, int64_t offset, int prot, int flags, void **addr) {

@@ -27,6 +27,7 @@ import { SgTable } from './sg-table.js';
 import { native, own, closeOwned } from '../native/binding.js';
 import { Connection, closeAll, lostReply, type Reply } from '../transport/connection.js';
 import { ImportedFile } from '../transport/imported-file.js';
+import { shutDownByHolder, holderShutDown } from '../transport/file-liveness.js';
 import { MsgType, encode, field, fromRuns, type Message } from '../transport/protocol.js';
 
 /** Default time the exporter has to answer a HELLO, in milliseconds. */
@@ -292,6 +293,7 @@ async function sendHello(fd: number, data: Buffer, channelEnd: number, deadline:
       return;
     } catch (err) {
       if (DmaBufError.is(err, 'EPIPE') || DmaBufError.is(err, 'ECONNRESET') || DmaBufError.is(err, 'ENOTCONN') || DmaBufError.is(err, 'ECONNREFUSED')) {
+        if (DmaBufError.is(err, 'EPIPE') && shutDownByHolder(fd)) throw holderShutDown(fd, err);
         throw new DmaBufError('EPIPE', `get: descriptor ${fd}: nobody holds the other end of this socket; if it is a dma-buf, its exporter is gone`, { op: 'get', cause: err });
       }
       if (!DmaBufError.is(err, 'EAGAIN') && !DmaBufError.is(err, 'ENOBUFS')) throw err;

@@ -29,6 +29,17 @@ export interface RecvResult {
   flags: number;
 }
 
+/** Result of {@link NativeBinding.recvmsg} asked for the sender's credentials. */
+export interface RecvCredResult extends RecvResult {
+  /**
+   * The sender as the kernel recorded it (`SCM_CREDENTIALS`, in this process's pid and user
+   * namespaces), or null when the message carried none: the socket had no `SO_PASSCRED` when
+   * the message was sent. An unprivileged sender cannot choose them; one with `CAP_SYS_ADMIN`
+   * (pid) or `CAP_SETUID` (uid) can.
+   */
+  cred: PeerCred | null;
+}
+
 /** Result of {@link NativeBinding.fstat}. */
 export interface StatResult {
   dev: bigint;
@@ -101,6 +112,11 @@ export interface NativeBinding {
   recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number): RecvResult;
   /** The same; with `softEagain` true, EAGAIN returns null instead of throwing. */
   recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: true): RecvResult | null;
+  /**
+   * The same, with the sender's `SCM_CREDENTIALS` as `cred` (turn `SO_PASSCRED` on first, with
+   * {@link NativeBinding.setPasscred}, before the messages are sent). `softEagain` as above.
+   */
+  recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: boolean, credentials: true): RecvCredResult | null;
   /** mmap(2) of `length` bytes of `fd` at `offset`. The handle's finalizer unmaps if needed. */
   mmap(fd: number, length: number, offset: number, prot: number, flags: number): MappingHandle;
   /** The start address of the mapping. */
@@ -156,6 +172,32 @@ export interface NativeBinding {
   pidfdOpen(pid: number): number;
   /** pidfd_getfd(2). */
   pidfdGetfd(pidfd: number, targetFd: number): number;
+  /**
+   * Socket diagnostics (`NETLINK_SOCK_DIAG`, `UNIX_DIAG`, what `ss -x` shows): the inode of the
+   * peer of the Unix socket with inode `ino`, 0 when the peer's last descriptor is closed.
+   * Throws `ENOENT` when no such socket exists in this network namespace, or when the kernel
+   * lacks `CONFIG_UNIX_DIAG` (ask about a socket that exists to tell them apart).
+   */
+  unixDiagPeer(ino: number): number;
+  /** ioctl(SIOCOUTQ): bytes a socket sent that its peer has not received yet. */
+  sockOutq(fd: number): number;
+  /**
+   * An epoll descriptor watching `fd` edge-triggered with an empty mask: it turns readable when
+   * a wake-up of `fd` (a state change such as the peer's last close) finds `fd` with EPOLLHUP
+   * or EPOLLERR, never for data. Watch it with {@link pollStart}; close it with {@link close}.
+   */
+  hupWatch(fd: number): number;
+  /** Takes the pending report of a {@link hupWatch}: POLLHUP/POLLERR bits, or 0. */
+  hupWatchTake(epfd: number): number;
+  /** shutdown(2) of a socket; `how` is SHUT_RD, SHUT_WR or SHUT_RDWR. */
+  shutdown(fd: number, how: number): void;
+  /** setsockopt(SO_PASSCRED): messages received afterwards carry their sender's credentials. */
+  setPasscred(fd: number, on: boolean): void;
+  /**
+   * getsockopt(SO_PEERPIDFD), Linux 6.5: a pidfd of the process that connected the peer (it
+   * stays that process even if its pid is reused). `ENOPROTOOPT` on older kernels.
+   */
+  peerPidfd(fd: number): number;
   /** Constants of the platform. */
   constants: NativeConstants;
 }
@@ -173,6 +215,7 @@ export interface NativeConstants {
   SOCK_STREAM: number; SOCK_DGRAM: number; SOCK_SEQPACKET: number; AF_UNIX: number;
   MSG_DONTWAIT: number; MSG_PEEK: number; MSG_TRUNC: number; MSG_CTRUNC: number;
   MSG_NOSIGNAL: number; MSG_EOR: number; MSG_WAITALL: number;
+  SHUT_RD: number; SHUT_WR: number; SHUT_RDWR: number;
   UV_READABLE: number; UV_WRITABLE: number; UV_DISCONNECT: number; UV_PRIORITIZED: number;
   EFD_NONBLOCK: number; EFD_SEMAPHORE: number;
   FALLOC_FL_KEEP_SIZE: number;
