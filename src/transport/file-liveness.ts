@@ -143,8 +143,9 @@ function warnUnavailable(): void {
 }
 
 /**
- * For an importer whose send into a buffer's file failed: whether the file was shut down by a
- * holder while its exporter is alive (the file's peer, the service end, still exists), rather
+ * For an importer whose send into a buffer's file failed with `EPIPE`: whether the file was
+ * shut down by a holder while its exporter is alive (the file's peer, the service end, still
+ * exists: a socket that can still reach its peer fails a send only after a shutdown), rather
  * than its exporter being gone (or the socket never being a buffer's file). False when it
  * cannot tell.
  */
