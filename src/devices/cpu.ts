@@ -57,14 +57,14 @@ export class CpuDevice extends Device {
       }
       let entry = this.#cache.get(memory);
       if (!entry) {
-        const handle = native.mmap(memory.fd, memory.size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED);
+        const handle = mmapMemory(memory, c.MAP_SHARED);
         const unregister = memory.onInvalidate(() => this.#drop(memory));
         entry = { handle, unregister };
         this.#cache.set(memory, entry);
       }
       return viewMapping(entry.handle, memory.size, false);
     }
-    const handle = native.mmap(memory.fd, memory.size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_PRIVATE);
+    const handle = mmapMemory(memory, c.MAP_PRIVATE);
     return viewMapping(handle, memory.size, true);
   }
 
@@ -74,6 +74,17 @@ export class CpuDevice extends Device {
     this.#cache.delete(memory);
     entry.unregister();
     native.munmap(entry.handle);
+  }
+}
+
+/** Maps the whole memory object, readable and writable; `ENOMEM` says which limit to look at. */
+function mmapMemory(memory: MemoryObject, flags: number): MappingHandle {
+  const c = native.constants;
+  try {
+    return native.mmap(memory.fd, memory.size, 0, c.PROT_READ | c.PROT_WRITE, flags);
+  } catch (err) {
+    if (!DmaBufError.is(err, 'ENOMEM')) throw err;
+    throw new DmaBufError('ENOMEM', `map: cannot map ${memory.size} bytes into this process: mmap found no room for them (the free address space, about 128 TiB on x86-64; RLIMIT_AS, "ulimit -v"; or vm.max_map_count). Unmap other buffers, raise the limit, or use a smaller buffer`, { op: 'map', syscall: 'mmap', errno: err.errno, cause: err });
   }
 }
 
