@@ -28,6 +28,8 @@ export type DmaBufErrorCode =
   | 'EAGAIN'
   | 'EIO'
   | 'ERANGE'
+  | 'ESHUTDOWN'
+  | 'EFBIG'
   | (string & {});
 
 /** Options of {@link DmaBufError}. */
