@@ -10,6 +10,19 @@
       "configurations": {
         "Release": { "cflags!": ["-O3"], "cflags": ["-O2"] }
       }
+    },
+    # The one C++ file (native/views.cc, see native/views.h): V8's own API, so built for one
+    # Node ABI; optional at run time. -z now: a V8 symbol this Node lacks fails the load
+    # (and views stay counted) instead of aborting the process at the first call.
+    {
+      "target_name": "dmabuf_views",
+      "sources": ["native/views.cc"],
+      "cflags": ["-O2", "-Wall", "-Wextra"],
+      "cflags_cc": ["-fno-exceptions", "-fno-rtti"],
+      "ldflags": ["-Wl,-z,now"],
+      "configurations": {
+        "Release": { "cflags!": ["-O3"], "cflags": ["-O2"] }
+      }
     }
   ]
 }

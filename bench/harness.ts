@@ -79,7 +79,7 @@ export function fmtTime(ns: number | undefined): string {
   return `${(ns / 1e9).toPrecision(3)} s`;
 }
 
-export const CASES = ['handoff', 'pooled', 'fullread', 'memory', 'inprocess'] as const;
+export const CASES = ['handoff', 'pooled', 'fullread', 'memory', 'inprocess', 'views'] as const;
 export type CaseName = (typeof CASES)[number];
 
 const USAGE = `usage: npm run bench -- [--quick] [--sizes 4K,1M,1G] [--reps N] [--only ${CASES.join('|')}[,...]] [--frames N] [--out DIR]`;

@@ -18,7 +18,7 @@
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { DmaBufError } from '../src/core/errors.js';
 import { native, assertAvailable, type PollHandle } from '../src/native/binding.js';
-import { INTROSPECTION_PREFIX, type AttachmentSnapshot, type Snapshot, type StorageSnapshot } from '../src/core/introspect.js';
+import { INTROSPECTION_PREFIX, type AttachmentSnapshot, type Snapshot, type StorageSnapshot } from '../src/remote/introspect.js';
 
 /** Version of the `--json` format. */
 export const REPORT_VERSION = 1;

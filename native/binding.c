@@ -33,6 +33,7 @@
 
 #include "sys.h"
 #include "diag.h"
+#include "views.h"
 #include <poll.h>
 
 /* Newer than the C library's headers on some systems (values from the kernel's uapi). */
@@ -822,16 +823,51 @@ typedef struct {
   int handle_finalized;
 } mapping_t;
 
+typedef struct view_env view_env_t;
+
 /*
- * Per-view state. Owned by the ArrayBuffer's backing-store finalizer (view_finalize), the
- * only place it is freed. The ArrayBuffer also carries it with napi_wrap (no finalizer) so
- * detachView can find it; detachView removes that wrap before it detaches, so the
- * ArrayBuffer never points at a freed struct.
+ * Per-view state. The ArrayBuffer carries it with napi_wrap, so that detachView can find it.
+ * A view holds one reference on its mapping. Two kinds:
+ * - counted (napi_create_external_arraybuffer; venv NULL): owned by the backing store's
+ *   finalizer (view_finalize), the only place it is freed. The wrap has no finalizer;
+ *   detachView removes it before it detaches, so the ArrayBuffer never points at a freed
+ *   struct.
+ * - uncounted (made by the view factory of views.h): V8 never frees nor reports its store,
+ *   so the wrap's finalizer (uncounted_finalize) owns it: it runs once the ArrayBuffer object
+ *   is collected (typed arrays keep their buffer object alive), or at the environment's
+ *   teardown. detachView detaches, removes the wrap (which cancels that finalizer) and does
+ *   the same. Then, if another ArrayBuffer still holds the store, the view lingers in its
+ *   view_env_t, keeping the mapping, until a later poll finds the store free; otherwise it
+ *   is freed at once (uncounted_free). Another holder is either a buffer the view was
+ *   transferred to (ArrayBuffer.prototype.transfer), or the collected buffer itself: V8
+ *   sweeps the store references of dead ArrayBuffers on a background thread, maybe after
+ *   the finalizer ran.
  */
-typedef struct {
+typedef struct view {
   mapping_t *m;
-  int detached; /* its reference was already dropped by detachView */
+  int detached; /* counted: its reference was already dropped by detachView */
+  view_env_t *venv; /* uncounted only, from here on */
+  const dmabuf_view_factory_t *factory;
+  void *store; /* the factory's reference to the backing store */
+  struct view *next; /* in venv->lingering */
 } view_t;
+
+/*
+ * Uncounted views of one environment (made by setViewFactory). Lingering views are polled
+ * whenever a view is made or goes, and by an unref'd timer that backs off from 1 ms to 1 s
+ * while any lingers. At teardown an async cleanup hook (view_env_teardown) frees the
+ * lingering views and closes the timer; finalizers may run before or after it. The struct is
+ * freed once the timer is closed and every uncounted view is gone.
+ */
+struct view_env {
+  uv_timer_t timer;
+  const dmabuf_view_factory_t *factory; /* for new views; NULL: new views are counted */
+  view_t *lingering; /* ArrayBuffer gone, store still held elsewhere */
+  uint64_t delay_ms; /* the timer's next delay */
+  napi_async_cleanup_hook_handle hook;
+  int refs;          /* the timer (until closed) + every uncounted view */
+  int torn_down;     /* the teardown hook ran: no JS of this environment runs again */
+};
 
 static void mapping_release(mapping_t *m) {
   if (--m->refs > 0) return;
@@ -859,6 +895,87 @@ static void view_finalize(napi_env env, void *data, void *hint) {
   view_t *v = hint;
   if (!v->detached) mapping_release(v->m);
   free(v);
+}
+
+static void view_env_release(view_env_t *venv) {
+  if (--venv->refs == 0) free(venv);
+}
+
+/* The end of an uncounted view: its store, then its mapping and environment references. */
+static void uncounted_free(view_t *v) {
+  view_env_t *venv = v->venv;
+  v->factory->store_release(v->store);
+  mapping_release(v->m);
+  free(v);
+  view_env_release(venv);
+}
+
+/* Frees the lingering views whose store nobody else holds any more. The caller holds a
+ * reference on venv. */
+static void view_env_poll(view_env_t *venv) {
+  view_t **p = &venv->lingering;
+  while (*p != NULL) {
+    view_t *v = *p;
+    if (v->factory->store_in_use(v->store)) {
+      p = &v->next;
+    } else {
+      *p = v->next;
+      uncounted_free(v);
+    }
+  }
+}
+
+static void on_view_timer(uv_timer_t *timer) {
+  view_env_t *venv = (view_env_t *)timer;
+  view_env_poll(venv);
+  if (venv->lingering == NULL) return;
+  venv->delay_ms = venv->delay_ms >= 500 ? 1000 : venv->delay_ms * 2;
+  uv_timer_start(&venv->timer, on_view_timer, venv->delay_ms, 0);
+}
+
+/* An uncounted view's ArrayBuffer is gone (collected, or detached by detachView). After
+ * teardown nothing can read the memory again (in-flight requests were drained before the
+ * cleanup hooks, and views are untransferable), so it goes at once. */
+static void uncounted_gone(view_t *v) {
+  view_env_t *venv = v->venv;
+  if (!venv->torn_down) {
+    view_env_poll(venv);
+    if (v->factory->store_in_use(v->store)) {
+      v->next = venv->lingering;
+      venv->lingering = v;
+      if (!uv_is_active((uv_handle_t *)&venv->timer)) {
+        venv->delay_ms = 1;
+        uv_timer_start(&venv->timer, on_view_timer, venv->delay_ms, 0);
+      }
+      return;
+    }
+  }
+  uncounted_free(v);
+}
+
+static void uncounted_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  uncounted_gone(data);
+}
+
+static void on_view_timer_closed(uv_handle_t *h) {
+  view_env_t *venv = (view_env_t *)h;
+  /* Removing a started hook tells the environment this one is done. */
+  napi_remove_async_cleanup_hook(venv->hook);
+  view_env_release(venv);
+}
+
+static void view_env_teardown(napi_async_cleanup_hook_handle hook, void *arg) {
+  (void)hook;
+  view_env_t *venv = arg;
+  venv->torn_down = 1;
+  while (venv->lingering != NULL) {
+    view_t *v = venv->lingering;
+    venv->lingering = v->next;
+    uncounted_free(v);
+  }
+  uv_close((uv_handle_t *)&venv->timer, on_view_timer_closed);
 }
 
 static napi_value js_mmap(napi_env env, napi_callback_info info) {
@@ -928,6 +1045,36 @@ static napi_value js_mapping_length(napi_env env, napi_callback_info info) {
   return number(env, (double)m->len);
 }
 
+static view_env_t *view_env(napi_env env);
+
+/* An uncounted view of [data, data + length) of m, or NULL with an exception thrown. */
+static napi_value uncounted_view(napi_env env, view_env_t *venv, mapping_t *m, void *data,
+                                 size_t length) {
+  view_env_poll(venv);
+  view_t *v = calloc(1, sizeof(*v));
+  if (v == NULL) return throw_errno(env, "malloc", ENOMEM);
+  v->m = m;
+  v->venv = venv;
+  v->factory = venv->factory;
+  napi_value ab;
+  if (v->factory->create(env, data, length, &ab, &v->store) != napi_ok) {
+    free(v);
+    return throw_code(env, ENOMEM, "mappingView: the view factory could not make a view");
+  }
+  if (napi_type_tag_object(env, ab, &VIEW_TAG) != napi_ok ||
+      napi_wrap(env, ab, v, uncounted_finalize, NULL, NULL) != napi_ok) {
+    napi_detach_arraybuffer(env, ab); /* nothing may reach the memory without a reference */
+    throw_napi(env);
+    v->factory->store_release(v->store);
+    free(v);
+    return NULL;
+  }
+  /* From here uncounted_finalize owns v. */
+  m->refs++;
+  venv->refs++;
+  return ab;
+}
+
 static napi_value js_mapping_view(napi_env env, napi_callback_info info) {
   ARGS(3);
   mapping_t *m;
@@ -942,6 +1089,10 @@ static napi_value js_mapping_view(napi_env env, napi_callback_info info) {
    * finalizer. Refuse them here, before anything is created. */
   if (length > MAX_VIEW_LENGTH) {
     return throw_code(env, ERANGE, "mappingView: a view is at most 4 GiB; map large memory in several views");
+  }
+  view_env_t *venv = view_env(env);
+  if (venv != NULL && venv->factory != NULL) {
+    return uncounted_view(env, venv, m, (char *)m->addr + offset, (size_t)length);
   }
   view_t *v = calloc(1, sizeof(*v));
   if (v == NULL) return throw_errno(env, "malloc", ENOMEM);
@@ -980,6 +1131,13 @@ static napi_value js_detach_view(napi_env env, napi_callback_info info) {
   }
   view_t *v = p;
   mapping_t *m = v->m;
+  if (v->venv != NULL) {
+    NAPI(napi_detach_arraybuffer(env, argv[0]));
+    /* Removing the wrap cancels uncounted_finalize; should it fail, that finalizer will do
+     * this when the object is collected. */
+    if (napi_remove_wrap(env, argv[0], NULL) == napi_ok) uncounted_gone(v);
+    return undefined(env);
+  }
   /* Unlink the ArrayBuffer from v first: once detached, its finalizer may free v. */
   NAPI(napi_remove_wrap(env, argv[0], NULL));
   v->detached = 1;
@@ -1356,6 +1514,8 @@ typedef struct {
   int *fds;
   size_t len;
   size_t cap;
+  /* Not a descriptor: the uncounted views of this environment, once setViewFactory ran. */
+  view_env_t *views;
 } owned_fds_t;
 
 static void owned_fds_cleanup(void *arg) {
@@ -1369,6 +1529,65 @@ static owned_fds_t *owned_fds(napi_env env) {
   void *data = NULL;
   if (napi_get_instance_data(env, &data) != napi_ok) return NULL;
   return data;
+}
+
+static view_env_t *view_env(napi_env env) {
+  owned_fds_t *set = owned_fds(env);
+  return set != NULL ? set->views : NULL;
+}
+
+static void free_view_timer(uv_handle_t *h) {
+  free(h); /* the timer is the first member of its view_env_t */
+}
+
+/* setViewFactory(factory | null): uncounted views from now on, or counted ones again. */
+static napi_value js_set_view_factory(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  owned_fds_t *set = owned_fds(env);
+  if (set == NULL) return throw_code(env, EIO, "no instance data for this environment");
+  napi_valuetype type;
+  NAPI(napi_typeof(env, argv[0], &type));
+  const dmabuf_view_factory_t *f = NULL;
+  if (type != napi_null && type != napi_undefined) {
+    bool tagged = false;
+    if (type == napi_external) {
+      NAPI(napi_check_object_type_tag(env, argv[0], &DMABUF_VIEW_FACTORY_TAG, &tagged));
+    }
+    if (!tagged) {
+      return throw_arg(env, 0, "factory must be the factory of dmabuf_views.node, or null");
+    }
+    void *p = NULL;
+    NAPI(napi_get_value_external(env, argv[0], &p));
+    f = p;
+    if (f == NULL || f->version != DMABUF_VIEWS_VERSION) {
+      char message[160];
+      snprintf(message, sizeof(message), "setViewFactory: factory version %u, this addon needs %u",
+               f != NULL ? (unsigned)f->version : 0u, (unsigned)DMABUF_VIEWS_VERSION);
+      return throw_code(env, EINVAL, message);
+    }
+  }
+  if (set->views == NULL) {
+    if (f == NULL) return undefined(env);
+    uv_loop_t *loop;
+    NAPI(napi_get_uv_event_loop(env, &loop));
+    view_env_t *venv = calloc(1, sizeof(*venv));
+    if (venv == NULL) return throw_errno(env, "calloc", ENOMEM);
+    int r = uv_timer_init(loop, &venv->timer);
+    if (r < 0) {
+      free(venv);
+      return throw_errno(env, "uv_timer_init", -r);
+    }
+    uv_unref((uv_handle_t *)&venv->timer);
+    venv->refs = 1; /* the timer's, until on_view_timer_closed */
+    if (napi_add_async_cleanup_hook(env, view_env_teardown, venv, &venv->hook) != napi_ok) {
+      throw_napi(env);
+      uv_close((uv_handle_t *)&venv->timer, free_view_timer);
+      return NULL;
+    }
+    set->views = venv;
+  }
+  set->views->factory = f;
+  return undefined(env);
 }
 
 static napi_value js_own_fd(napi_env env, napi_callback_info info) {
@@ -1530,6 +1749,7 @@ NAPI_MODULE_INIT() {
       FN("mappingLength", js_mapping_length),
       FN("mappingView", js_mapping_view),
       FN("detachView", js_detach_view),
+      FN("setViewFactory", js_set_view_factory),
       FN("munmap", js_munmap),
       FN("madvise", js_madvise),
       FN("mappingUnmapped", js_mapping_unmapped),

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import './remote/index.js'; // the cross-process layer registers into the core's hooks
 export { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC } from './core/dma-buf.js';
 export type { ExportInfo, FdOptions, GetOptions, WaitOptions } from './core/dma-buf.js';
 export { DmaBufAttachment } from './core/attachment.js';
@@ -21,14 +22,16 @@ export type { DmaBufErrorCode, DmaBufErrorOptions } from './core/errors.js';
 export { SystemHeap, systemHeap, hugePagesAvailable } from './heaps/system.js';
 export type { AllocateOptions, Heap, StorageInfo, SystemBufferPriv } from './heaps/system.js';
 export { CpuDevice } from './devices/cpu.js';
-export { available, unavailableReason } from './native/binding.js';
+export { available, unavailableReason, viewsUncounted, countedViewsReason } from './native/binding.js';
 // Descriptor-passing helpers (issue 3): buffer channels, servers, worker threads.
-export { BufferChannel, CHANNEL_RECV_MAX_BYTES, CHANNEL_RECV_MAX_FDS } from './transport/channel.js';
-export type { ChannelOperationOptions, ConnectOptions, ReceivedBuffer, ReceivedFd } from './transport/channel.js';
-export { BufferServer } from './transport/server.js';
-export type { ListenOptions, AcceptOptions } from './transport/server.js';
-export { postBuffer, isBufferMessage, receiveBuffer, receiveBufferFd, BUFFER_MESSAGE_MARKER } from './transport/worker.js';
-export type { BufferMessage, MessageTarget } from './transport/worker.js';
+export { BufferChannel, CHANNEL_RECV_MAX_BYTES, CHANNEL_RECV_MAX_FDS } from './share/channel.js';
+export type { ChannelOperationOptions, ConnectOptions, ReceivedBuffer, ReceivedFd } from './share/channel.js';
+export { BufferServer } from './share/server.js';
+export type { ListenOptions, AcceptOptions } from './share/server.js';
+export { postBuffer, isBufferMessage, receiveBuffer, receiveBufferFd, BUFFER_MESSAGE_MARKER } from './share/worker.js';
+export type { BufferMessage, MessageTarget } from './share/worker.js';
 export { encodeChannelMessage, decodeChannelMessage, CHANNEL_MAGIC, CHANNEL_VERSION, CHANNEL_HEADER_SIZE, CHANNEL_MAX_META, ChannelMessageType } from './transport/channel-wire.js';
 export type { ChannelMessage } from './transport/channel-wire.js';
-export { introspect, type Snapshot, type ExportedSnapshot, type ImportedSnapshot, type AttachmentSnapshot, type StorageSnapshot } from './core/introspect.js'; // dmabuf info
+export { setServiceLimits, serviceLimits, DEFAULT_SERVICE_LIMITS } from './remote/limits.js';
+export type { ServiceLimits } from './remote/limits.js';
+export { introspect, type Snapshot, type ExportedSnapshot, type ImportedSnapshot, type AttachmentSnapshot, type StorageSnapshot } from './remote/introspect.js'; // dmabuf info

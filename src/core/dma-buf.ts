@@ -12,14 +12,12 @@ import { Device } from './device.js';
 import { checkMapDirection, isWritableDirection, type DmaDirection } from './direction.js';
 import { SgTable } from './sg-table.js';
 import type { DmaBufOps, OpContext } from './ops.js';
-import { kAttachRemote, kMaps, kOnRelease, kSetDetached } from './internal.js';
+import { kAttachRemote, kExportedHere, kMaps, kOnRelease, kSetDetached } from './internal.js';
 import { warnExperimental } from './experimental.js';
 import * as registry from './registry.js';
 import { native, assertAvailable } from '../native/binding.js';
 import { BufferFile, statKey } from '../transport/buffer-file.js';
-import { handleHello } from './service.js';
-import { importBuffer } from './importer.js';
-import { ensureIntrospection } from './introspect.js'; // hook: dmabuf info (introspect.ts)
+import { hooks, type Prefetch } from './hooks.js';
 
 /** A reference to the buffer's file: the exporter's {@link BufferFile} or an importer's. @internal */
 export interface FileRef {
@@ -91,7 +89,7 @@ function describeFileType(mode: number): string {
     case c.S_IFREG: return 'a regular file';
     case c.S_IFIFO: return 'a pipe';
     case c.S_IFSOCK: return 'a socket';
-    default: return 'not a socket';
+    default: return 'a file of another kind';
   }
 }
 
@@ -192,7 +190,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     this.exporter = info.exporter ?? 'anonymous';
     this.id = nextId++;
     this.#file = file;
-    ensureIntrospection(this as DmaBuf); // hook: dmabuf info listens in threads that export or import (introspect.ts)
+    for (const fn of hooks.onCreate) fn(this as DmaBuf);
     this.#owner = {
       map: (a, d, s) => this.#map(a, d, s),
       unmap: (a, t) => this.#unmap(a, t),
@@ -218,7 +216,10 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     registry.register(buf);
     file.watch({
       onEof: () => buf.#maybeRelease(),
-      onMessage: (data, fds, flags) => handleHello(buf as DmaBuf, data, fds, flags),
+      onMessage: (data, fds, flags, cred) => {
+        if (hooks.onFileMessage) hooks.onFileMessage(buf as DmaBuf, data, fds, flags, cred);
+        else for (const fd of fds) native.close(fd);
+      },
     });
     return buf;
   }
@@ -236,7 +237,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     return DmaBuf.#get(fd, options, undefined);
   }
 
-  static async #get(fd: number, options: GetOptions, prefetch: { device: Device; direction: DmaDirection } | undefined): Promise<DmaBuf> {
+  static async #get(fd: number, options: GetOptions, prefetch: Prefetch | undefined): Promise<DmaBuf> {
     warnExperimental();
     assertAvailable('get');
     const op = 'get';
@@ -252,21 +253,17 @@ export class DmaBuf<Priv = unknown> implements Disposable {
       }
       throw err;
     }
-    const c = native.constants;
-    if ((st.mode & c.S_IFMT) !== c.S_IFSOCK) {
-      throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is ${describeFileType(st.mode)}, not a dma-buf`, { op });
-    }
     const key = statKey(st);
     const local = DmaBuf.#lookup(key);
     if (local) {
       local.#reacquire(fd);
       return local;
     }
-    const info = native.socketInfo(fd);
-    if (info.domain !== c.AF_UNIX || info.type !== c.SOCK_SEQPACKET) {
-      throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is a socket but not a dma-buf`, { op });
+    for (const importer of hooks.importers) {
+      const imported = importer({ fd, stat: st, key, lookup: () => DmaBuf.#lookup(key) }, options ?? {}, prefetch);
+      if (imported) return imported;
     }
-    return importBuffer(fd, key, options, () => DmaBuf.#lookup(key), prefetch);
+    throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is ${describeFileType(st.mode)}, not a dma-buf`, { op });
   }
 
   /**
@@ -425,6 +422,11 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     };
     live();
     return this.#attach(device, live);
+  }
+
+  /** @internal Whether this thread exported the buffer (and answers its importers). */
+  get [kExportedHere](): boolean {
+    return this.#file instanceof BufferFile && !this.#released;
   }
 
   /** @internal Runs `fn` once, at release. */

@@ -14,3 +14,5 @@ export const kSetDetached = Symbol('dmabuf.setDetached');
 export const kAttachRemote = Symbol('dmabuf.attachRemote');
 /** Registers a callback run once when the buffer is released. */
 export const kOnRelease = Symbol('dmabuf.onRelease');
+/** Whether the buffer was exported by this thread (its service end is read here). */
+export const kExportedHere = Symbol('dmabuf.exportedHere');

@@ -57,6 +57,15 @@ export interface DmaBufOps<Priv = unknown> {
   release(buf: DmaBuf<Priv>): Promise<void> | void;
 
   /**
+   * Optional. Whether a map made now would use storage that already exists (no allocation),
+   * so that it can be made ahead, before the importer says which device it has: a hand-off
+   * to another thread or process then carries the map in the same message. Called without
+   * the lock; must be cheap and must not fail. When absent, hand-offs never map ahead (late
+   * allocation then still sees every device that attaches).
+   */
+  storageReady?(buf: DmaBuf<Priv>): boolean;
+
+  /**
    * Optional. Called by {@link DmaBuf.seal}: makes the contents immutable for everyone.
    * Throws: `EINTR` when `ctx.signal` aborts while waiting for writable maps to go.
    */

@@ -272,6 +272,12 @@ const systemOps: DmaBufOps<SystemBufferPriv> = {
     }
   },
 
+  storageReady(buf: DmaBuf<SystemBufferPriv>): boolean {
+    // Ready when a map now would neither allocate nor migrate.
+    const storage = buf.priv.storage;
+    return storage !== null && storage.pageSize >= pageSizeNeeded(buf);
+  },
+
   async mapDmaBuf(attachment: DmaBufAttachment<SystemBufferPriv>, direction: DmaDirection, ctx: OpContext): Promise<SgTable> {
     const buf = attachment.dmabuf;
     const storage = await storageFor(buf, ctx);

@@ -1,5 +1,6 @@
 /**
- * The only module that loads the native addon (`build/Release/dmabuf.node`).
+ * The only module that loads the native addons (`build/Release/dmabuf.node` and, optionally,
+ * `build/Release/dmabuf_views.node`).
  *
  * The addon is a thin layer of system-call wrappers written in C through Node-API. Each
  * wrapper throws, on failure, an `Error` with `code` (the errno name, e.g. `'EBADF'`),
@@ -7,11 +8,19 @@
  * {@link DmaBufError} with the same code. On a platform without support (not Linux, or the
  * addon failed to load) every function throws `ENODEV`, saying why.
  *
+ * CPU views (`mappingView`) are made, when it can, by `dmabuf_views.node`, a small C++ addon
+ * built for one Node ABI whose ArrayBuffers V8 does not count as external memory: handing off
+ * a 64 MiB or 1 GiB buffer then starts no garbage collection. Without it (another Node ABI,
+ * not built, or `DMABUF_COUNTED_VIEWS=1` in the environment) views are counted ones, which
+ * work the same but start "external memory pressure" collections; {@link viewsUncounted} and
+ * {@link countedViewsReason} say which.
+ *
  * @module
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { markAsUntransferable } from 'node:worker_threads';
 import { DmaBufError } from '../core/errors.js';
 
 /** An mmap'ed region owned by the addon. Opaque. */
@@ -124,14 +133,23 @@ export interface NativeBinding {
   /** The length of the mapping. */
   mappingLength(handle: MappingHandle): number;
   /**
-   * A new external ArrayBuffer over `[offset, offset + length)` of the mapping. The mapping
-   * stays until every view is detached or collected AND {@link NativeBinding.munmap} was called.
+   * A new external ArrayBuffer over `[offset, offset + length)` of the mapping, uncounted
+   * when a view factory is set (see {@link NativeBinding.setViewFactory}), and marked
+   * untransferable (postMessage and structuredClone copy it). The mapping stays until every
+   * view is detached or collected (and no buffer it was transferred to with
+   * `ArrayBuffer.prototype.transfer` remains) AND {@link NativeBinding.munmap} was called.
    * Throws EBADF after munmap, EACCES for a mapping without PROT_READ (writing through a view
    * of a read-only mapping is not prevented and crashes the process).
    */
   mappingView(handle: MappingHandle, offset: number, length: number): ArrayBuffer;
   /** Detaches a view made by mappingView (byteLength becomes 0); idempotent. */
   detachView(view: ArrayBuffer): void;
+  /**
+   * Makes later views of this thread with `factory` (the `factory` export of
+   * dmabuf_views.node: uncounted views), or, with null, counted ones again. Views already
+   * made keep their kind. Throws EINVAL for anything else, or a factory of another version.
+   */
+  setViewFactory(factory: object | null): void;
   /** Drops the owner's reference; the memory is unmapped once no view remains. Idempotent. */
   munmap(handle: MappingHandle): void;
   /** madvise(2) on part of a mapping. */
@@ -238,40 +256,86 @@ export function fromNativeError(err: unknown, op: string): DmaBufError {
   return new DmaBufError(code, `${op}: ${detail}`, { syscall, errno, op, cause: err });
 }
 
-function load(): { binding: NativeBinding | null; reason: string } {
-  if (process.platform !== 'linux') {
-    return { binding: null, reason: `dma-buf sharing needs Linux; this is ${process.platform}` };
-  }
+/** The first line of an error's message. */
+function firstLine(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).split('\n')[0] ?? '';
+}
+
+/**
+ * Loads the addon `name` (`dmabuf` or `dmabuf_views`) of this package; throws the first
+ * failure. The one place that knows where addons live (a prebuild loader would go here).
+ */
+function loadAddon(name: string): unknown {
   const here = path.dirname(fileURLToPath(import.meta.url));
   // dist/src/native -> package root
   const root = path.resolve(here, '..', '..', '..');
   const require = createRequire(import.meta.url);
-  const candidates = [
-    path.join(root, 'build', 'Release', 'dmabuf.node'),
-    path.join(root, 'build', 'Debug', 'dmabuf.node'),
-  ];
   let firstError: unknown;
-  for (const file of candidates) {
+  for (const dir of ['Release', 'Debug']) {
     try {
-      return { binding: require(file) as NativeBinding, reason: '' };
+      return require(path.join(root, 'build', dir, `${name}.node`));
     } catch (err) {
       firstError ??= err;
     }
   }
-  const msg = firstError instanceof Error ? firstError.message : String(firstError);
-  return {
-    binding: null,
-    reason: `the native addon failed to load (${msg.split('\n')[0]}); run "npm install" (or "npx node-gyp rebuild") in the package folder`,
-  };
+  throw firstError;
+}
+
+function load(): { binding: NativeBinding | null; reason: string } {
+  if (process.platform !== 'linux') {
+    return { binding: null, reason: `dma-buf sharing needs Linux; this is ${process.platform}` };
+  }
+  try {
+    return { binding: loadAddon('dmabuf') as NativeBinding, reason: '' };
+  } catch (err) {
+    return {
+      binding: null,
+      reason: `the native addon failed to load (${firstLine(err)}); run "npm install" (or "npx node-gyp rebuild") in the package folder`,
+    };
+  }
+}
+
+/** What dmabuf_views.node exports (see native/views.cc). */
+interface ViewsAddon { factory?: object; moduleVersion?: number; reason?: string }
+
+/**
+ * Gives the addon the view factory of dmabuf_views.node. Returns why views stay counted, or
+ * `''` when they are uncounted. Never throws: views then simply stay counted.
+ */
+function useUncountedViews(b: NativeBinding): string {
+  if (process.env['DMABUF_COUNTED_VIEWS'] === '1') return 'DMABUF_COUNTED_VIEWS=1 is set';
+  let views: ViewsAddon;
+  try {
+    views = loadAddon('dmabuf_views') as ViewsAddon;
+  } catch (err) {
+    return `dmabuf_views.node did not load (${firstLine(err)})`;
+  }
+  if (!views.factory) return views.reason || 'dmabuf_views.node offers no view factory';
+  try {
+    b.setViewFactory(views.factory);
+  } catch (err) {
+    return `dmabuf_views.node's factory was refused (${firstLine(err)})`;
+  }
+  return '';
 }
 
 const loaded = load();
+const viewsReason = loaded.binding ? useUncountedViews(loaded.binding) : loaded.reason;
 
 /** Why the addon is unavailable, or `''` when it loaded. */
 export const unavailableReason: string = loaded.reason;
 
 /** Whether the addon loaded (Linux with a built addon). */
 export const available: boolean = loaded.binding !== null;
+
+/**
+ * Whether CPU views of mappings are uncounted: V8 does not count them as external memory,
+ * so holding or handing off large buffers starts no garbage collection.
+ */
+export const viewsUncounted: boolean = viewsReason === '';
+
+/** Why CPU views are counted ones (another Node ABI, not built, DMABUF_COUNTED_VIEWS=1), or `''`. */
+export const countedViewsReason: string = viewsReason;
 
 function wrapAll(b: NativeBinding): NativeBinding {
   const out: Record<string, unknown> = { constants: b.constants };
@@ -285,6 +349,15 @@ function wrapAll(b: NativeBinding): NativeBinding {
       }
     };
   }
+  // Node marks its own external buffers untransferable; do the same for every view, so that
+  // postMessage never moves mapped memory into another thread, which the mapping's owner
+  // does not see.
+  const mappingView = out['mappingView'] as NativeBinding['mappingView'];
+  out['mappingView'] = (handle: MappingHandle, offset: number, length: number): ArrayBuffer => {
+    const view = mappingView(handle, offset, length);
+    markAsUntransferable(view);
+    return view;
+  };
   return out as unknown as NativeBinding;
 }
 

@@ -34,7 +34,16 @@ export const CHANNEL_MAX_MESSAGE = CHANNEL_HEADER_SIZE + CHANNEL_MAX_META;
 export const ChannelMessageType = {
   /** A buffer (or raw descriptor) with optional metadata; carries exactly one descriptor. */
   BUFFER: 1,
+  /**
+   * A buffer handed off by its exporter: the body is `{"meta": ..., "handoff": {...}}`; the
+   * first descriptor is the buffer's file, the others those the hand-off describes (at most
+   * {@link HANDOFF_MAX_FDS} in all).
+   */
+  HANDOFF: 2,
 } as const;
+
+/** Most descriptors a HANDOFF message carries: the file, the memory, a channel. */
+export const HANDOFF_MAX_FDS = 3;
 
 /** A decoded message. */
 export interface ChannelMessage {
@@ -42,6 +51,8 @@ export interface ChannelMessage {
   type: number;
   /** The parsed metadata; `undefined` when the message carried none (metaLength 0). */
   meta: unknown;
+  /** For a HANDOFF message, the exporter's offer (an object, not yet checked). */
+  handoff?: Record<string, unknown>;
 }
 
 const encoder = new TextEncoder();
@@ -59,20 +70,40 @@ const decoder = new TextDecoder('utf-8', { fatal: true });
  * ```
  */
 export function encodeChannelMessage(meta?: unknown, op = 'send'): Uint8Array {
+  return encodeBody(ChannelMessageType.BUFFER, meta, op);
+}
+
+/**
+ * Encodes a HANDOFF message: the metadata and the exporter's offer.
+ *
+ * @throws {DmaBufError} as {@link encodeChannelMessage}, the limit counting the offer too.
+ */
+export function encodeHandoffMessage(meta: unknown, handoff: Record<string, unknown>, op = 'send'): Uint8Array {
+  checkJson(meta, op);
+  return encodeBody(ChannelMessageType.HANDOFF, meta === undefined ? { handoff } : { meta, handoff }, op);
+}
+
+function checkJson(meta: unknown, op: string): string | undefined {
+  if (meta === undefined) return undefined;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(meta);
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    throw new DmaBufError('EINVAL', `${op}: the metadata cannot be sent as JSON (${msg}); send plain objects, arrays, strings, numbers and booleans`, { op, cause: err });
+  }
+  if (text === undefined) {
+    throw new DmaBufError('EINVAL', `${op}: the metadata (a ${typeof meta}) has no JSON form; send plain objects, arrays, strings, numbers and booleans`, { op });
+  }
+  return text;
+}
+
+function encodeBody(type: number, meta: unknown, op: string): Uint8Array {
   let json: Uint8Array;
   if (meta === undefined) {
     json = new Uint8Array(0);
   } else {
-    let text: string | undefined;
-    try {
-      text = JSON.stringify(meta);
-    } catch (err) {
-      const msg = err instanceof Error ? err.message : String(err);
-      throw new DmaBufError('EINVAL', `${op}: the metadata cannot be sent as JSON (${msg}); send plain objects, arrays, strings, numbers and booleans`, { op, cause: err });
-    }
-    if (text === undefined) {
-      throw new DmaBufError('EINVAL', `${op}: the metadata (a ${typeof meta}) has no JSON form; send plain objects, arrays, strings, numbers and booleans`, { op });
-    }
+    const text = checkJson(meta, op)!;
     json = encoder.encode(text);
   }
   if (json.length > CHANNEL_MAX_META) {
@@ -82,7 +113,7 @@ export function encodeChannelMessage(meta?: unknown, op = 'send'): Uint8Array {
   const view = new DataView(out.buffer);
   view.setUint32(0, CHANNEL_MAGIC, true);
   view.setUint16(4, CHANNEL_VERSION, true);
-  view.setUint16(6, ChannelMessageType.BUFFER, true);
+  view.setUint16(6, type, true);
   view.setUint32(8, json.length, true);
   view.setUint32(12, 0, true);
   out.set(json, CHANNEL_HEADER_SIZE);
@@ -119,7 +150,7 @@ export function decodeChannelMessage(data: Uint8Array, op = 'receive'): ChannelM
     throw malformed(op, `unsupported version ${version} (this side speaks version ${CHANNEL_VERSION})`);
   }
   const type = view.getUint16(6, true);
-  if (type !== ChannelMessageType.BUFFER) {
+  if (type !== ChannelMessageType.BUFFER && type !== ChannelMessageType.HANDOFF) {
     throw malformed(op, `unknown message type ${type}`);
   }
   const metaLength = view.getUint32(8, true);
@@ -134,17 +165,27 @@ export function decodeChannelMessage(data: Uint8Array, op = 'receive'): ChannelM
   if (metaLength !== body) {
     throw malformed(op, `metaLength says ${metaLength} bytes but ${body} follow the header`);
   }
-  if (metaLength === 0) return { type, meta: undefined };
+  if (metaLength === 0) {
+    if (type === ChannelMessageType.HANDOFF) throw malformed(op, 'a HANDOFF message without its body');
+    return { type, meta: undefined };
+  }
   let text: string;
   try {
     text = decoder.decode(data.subarray(CHANNEL_HEADER_SIZE));
   } catch {
     throw malformed(op, 'metadata is not valid UTF-8');
   }
+  let meta: unknown;
   try {
-    return { type, meta: JSON.parse(text) as unknown };
+    meta = JSON.parse(text) as unknown;
   } catch (err) {
     const msg = err instanceof Error ? err.message : String(err);
     throw malformed(op, `metadata is not JSON (${msg})`);
   }
+  if (type === ChannelMessageType.BUFFER) return { type, meta };
+  const whole = meta as Record<string, unknown> | null;
+  if (typeof whole !== 'object' || whole === null || Array.isArray(whole) || typeof whole.handoff !== 'object' || whole.handoff === null || Array.isArray(whole.handoff)) {
+    throw malformed(op, 'a HANDOFF body must be an object with an object "handoff"');
+  }
+  return { type, meta: whole.meta, handoff: whole.handoff as Record<string, unknown> };
 }

@@ -10,7 +10,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { systemHeap } from '../../src/index.js';
-import { introspectionAddress, mayAnswerPeer } from '../../src/core/introspect.js';
+import { introspectionAddress, mayAnswerPeer } from '../../src/remote/introspect.js';
 import { overflowUid, peerIdentity, sameUserNamespace, userNamespaceOf } from '../../src/transport/credentials.js';
 import { native } from '../../src/native/binding.js';
 import { BINDING_URL, INDEX_URL, finish, nextLine, openFdCount, reapChildren } from '../helpers.js';
@@ -59,7 +59,7 @@ async function ask(name: string, prefix: string[] = []): Promise<{ bytes?: numbe
 /** An exporter with one buffer, listening for `dmabuf info`, under `prefix`: its pid and name. */
 async function exporter(prefix: string[]): Promise<{ child: ChildProcess; pid: number; name: string; uid: number }> {
   const child = node(`
-    const { introspectionAddress } = await import(${JSON.stringify(INDEX_URL.replace(/index\.js$/, 'core/introspect.js'))});
+    const { introspectionAddress } = await import(${JSON.stringify(INDEX_URL.replace(/index\.js$/, 'remote/introspect.js'))});
     globalThis.keep = m.systemHeap.allocate(4096, { name: 'in-a-namespace' });
     while (!introspectionAddress()) await new Promise((r) => setTimeout(r, 5));
     out({ pid: process.pid, name: introspectionAddress(), uid: process.getuid() });

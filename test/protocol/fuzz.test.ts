@@ -22,10 +22,10 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DmaBuf, DmaBufError, CpuDevice, systemHeap, type DmaDirection } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
-import { serviceChannels } from '../../src/core/service.js';
-import { importChannels } from '../../src/core/importer.js';
-import { HEADER_SIZE, MAX_MESSAGE, MsgType, decode, encode, type Message } from '../../src/transport/protocol.js';
-import { MAX_FDS_PER_MESSAGE } from '../../src/transport/connection.js';
+import { serviceChannels } from '../../src/remote/service.js';
+import { importChannels } from '../../src/remote/importer.js';
+import { HEADER_SIZE, MAX_MESSAGE, MsgType, decode, encode, type Message } from '../../src/remote/protocol.js';
+import { MAX_FDS_PER_MESSAGE } from '../../src/remote/connection.js';
 import {
   FakeExporter, Rng, SHRINK_GROW, c, closeFds, describeOutcome, deviceBody, fdCount, fdDiff, fdTargets, mapsMatching, memfd, rawCycle,
   rawHandshake, recvRaw, report, runChild, sendRaw, seqpacketPair, turns, until, welcomeBody, type RawChannel,

@@ -16,10 +16,10 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DmaBuf, DmaBufError, CpuDevice, SgTable, systemHeap, type DmaBufAttachment } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
-import { serviceChannels } from '../../src/core/service.js';
-import { importChannels } from '../../src/core/importer.js';
-import { MAX_FDS_PER_MESSAGE, MAX_QUEUED_SENDS } from '../../src/transport/connection.js';
-import { HEADER_SIZE, MAX_MESSAGE, MsgType, decode, encode, type Message } from '../../src/transport/protocol.js';
+import { serviceChannels } from '../../src/remote/service.js';
+import { importChannels } from '../../src/remote/importer.js';
+import { MAX_FDS_PER_MESSAGE, MAX_QUEUED_SENDS } from '../../src/remote/connection.js';
+import { HEADER_SIZE, MAX_MESSAGE, MsgType, decode, encode, type Message } from '../../src/remote/protocol.js';
 import {
   FakeExporter, O_RDONLY, SHRINK_GROW, attachThrough, c, closeFds, detachThrough, importThrough, closureProbe, describeOutcome, deviceBody, fdCount, mapsMatching,
   memfd, patched, peerClosed, rawCycle, rawHandshake, rawRequest, recvMsg, recvRaw, report, runChild, sendRaw,

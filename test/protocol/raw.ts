@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { native } from '../../src/native/binding.js';
 import { DmaBufError } from '../../src/core/errors.js';
 import { CpuDevice, DmaBuf, type DmaBufAttachment } from '../../src/index.js';
-import { HEADER_SIZE, MAGIC, MAX_MESSAGE, MsgType, VERSION, decode, encode, type Message, type MsgTypeValue } from '../../src/transport/protocol.js';
+import { HEADER_SIZE, MAGIC, MAX_MESSAGE, MsgType, VERSION, decode, encode, type Message, type MsgTypeValue } from '../../src/remote/protocol.js';
 
 export const c = native.constants;
 

@@ -10,8 +10,8 @@ import { DmaBufError } from '../../src/core/errors.js';
 import {
   HEADER_SIZE, MAGIC, MAX_MESSAGE, MAX_SEGMENTS, MAX_SEGMENT_RUNS, MsgType, VERSION,
   decode, encode, field, fromRuns, toRuns, typeName,
-} from '../../src/transport/protocol.js';
-import { remoteError } from '../../src/transport/connection.js';
+} from '../../src/remote/protocol.js';
+import { remoteError } from '../../src/remote/connection.js';
 import { patched, withBody } from './raw.js';
 
 const isCode = (code: string) => (e: unknown): boolean => {
@@ -307,13 +307,11 @@ test('fromRuns rejects more segments than the device takes with EPROTO, counted 
 
 test('fromRuns refuses a tiny reply that would expand into more than MAX_SEGMENTS segments, before expanding it', () => {
   // Without the bound, [[0, 1, 2^40]] made an importer with default constraints allocate
-  // segments until it died of memory exhaustion.
-  const t0 = Date.now();
+  // segments until it died of memory exhaustion (2^40 segments would never finish here).
   for (const count of [MAX_SEGMENTS + 1, 1e9, 2 ** 40]) {
     assert.throws(() => fromRuns([[0, 1, count]], 2 ** 52, Number.MAX_SAFE_INTEGER), (e: unknown) => proto(e) && /more than 1048576 segments/.test((e as Error).message));
   }
   assert.throws(() => fromRuns([[0, 1, MAX_SEGMENTS], [MAX_SEGMENTS, 1, 1]], 2 ** 52, Number.MAX_SAFE_INTEGER), proto);
-  assert.ok(Date.now() - t0 < 2000, 'rejected without expanding');
   assert.equal(fromRuns([[0, 1, MAX_SEGMENTS]], MAX_SEGMENTS, Number.MAX_SAFE_INTEGER).length, MAX_SEGMENTS);
 });
 

@@ -60,7 +60,7 @@ test('postBuffer errors leak nothing: bad port, not a buffer, unclonable meta, a
     assert.throws(() => postBuffer({} as never, buf), isCode('EINVAL', /postMessage/));
     assert.throws(() => postBuffer(port1, {} as DmaBuf), isCode('EINVAL', /expected a DmaBuf/));
     assert.throws(() => postBuffer(port1, buf, { f: () => 1 }), isCode('EINVAL', /could not be posted/));
-    assert.throws(() => postBuffer({ postMessage() { throw new Error('port closed'); } }, buf), isCode('EINVAL', /port closed/));
+    await assert.rejects(postBuffer({ postMessage() { throw new Error('port closed'); } }, buf), isCode('EINVAL', /port closed/));
   } finally {
     port1.close();
     port2.close();

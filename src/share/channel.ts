@@ -13,8 +13,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { native, own, closeOwned, type PollHandle, type PeerCred, type RecvResult } from '../native/binding.js';
 import { DmaBuf } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
-import { decodeChannelMessage, encodeChannelMessage } from './channel-wire.js';
-import { abortError, checkFd, checkSignal, displayAddress, normalizeAddress, untilClosed } from './unix-util.js';
+import { ChannelMessageType, HANDOFF_MAX_FDS, decodeChannelMessage, encodeChannelMessage, encodeHandoffMessage } from '../transport/channel-wire.js';
+import { endRoute, offerHandoff, type HandoffOffer } from '../remote/handoff.js';
+import { adoptHandoff, declineHandoff, type HandoffMap } from '../remote/importer.js';
+import type { DmaBufAttachment } from '../core/attachment.js';
+import type { SgTable } from '../core/sg-table.js';
+import { abortError, checkFd, checkSignal, displayAddress, normalizeAddress, untilClosed } from '../transport/unix-util.js';
 
 /** Bytes a receive reads at most; a longer message is truncated and rejected (`EPROTO`). */
 export const CHANNEL_RECV_MAX_BYTES = 64 * 1024;
@@ -36,12 +40,32 @@ export interface ConnectOptions {
   signal?: AbortSignal;
 }
 
+/** Options of {@link BufferChannel.receive} and {@link BufferChannel.buffers}. */
+export interface ReceiveOptions extends ChannelOperationOptions {
+  /**
+   * Attach this device and map the buffer with this direction before returning. When the
+   * sender is the buffer's exporter, the message that carried the buffer carried the map too:
+   * no request to the exporter. Otherwise it costs what `DmaBuf.getMapped` costs.
+   */
+  map?: HandoffMap;
+}
+
 /** What {@link BufferChannel.receive} returns. */
 export interface ReceivedBuffer {
   /** The buffer, with one reference the caller puts ({@link DmaBuf.put}). */
   buffer: DmaBuf;
   /** The metadata the sender gave (parsed JSON), or `undefined` when it gave none. */
   meta: unknown;
+  /** With `map`: the attachment of the device (detach it before putting the buffer). */
+  attachment?: DmaBufAttachment;
+  /** With `map`: the mapped table (for a CPU device, every segment has a view). */
+  sgt?: SgTable;
+}
+
+/** A received message, before its descriptor becomes a buffer. */
+interface RawMessage extends ReceivedFd {
+  /** The exporter's hand-off offer and its descriptors, for a HANDOFF message. */
+  handoff?: { body: Record<string, unknown>; fds: number[] };
 }
 
 /** What {@link BufferChannel.receiveFd} returns. */
@@ -56,6 +80,12 @@ interface SendItem {
   data: Uint8Array;
   /** The dup this send owns; -1 once closed. */
   fd: number;
+  /** More descriptors to send after `fd`, owned by {@link offer}. */
+  extra: readonly number[];
+  /** The exporter's hand-off offer the message carries, told whether it left. */
+  offer: HandoffOffer | null;
+  /** False while the offer is being prepared: the queue waits at this item. */
+  ready: boolean;
   resolve: () => void;
   reject: (err: unknown) => void;
   signal: AbortSignal | undefined;
@@ -63,7 +93,7 @@ interface SendItem {
 }
 
 interface ReceiveWaiter {
-  resolve: (m: ReceivedFd) => void;
+  resolve: (m: RawMessage) => void;
   reject: (err: unknown) => void;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
@@ -351,7 +381,38 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     const signal = checkSignal(options, op);
     const data = encodeChannelMessage(meta, op);
     this.#checkCanSend(op, signal);
-    return this.#enqueue(data, buf.fd(), signal);
+    // The descriptor now (the caller may put the buffer as soon as this returns); the queue
+    // keeps its place while the exporter's offer is prepared, so messages leave in order.
+    const item = this.#newItem(data, buf.fd(), signal, false);
+    const sent = this.#enqueue(item);
+    void this.#prepareOffer(item, buf, meta);
+    return sent;
+  }
+
+  /** Adds the exporter's hand-off offer to a queued item, then lets the queue go on. */
+  async #prepareOffer(item: SendItem, buf: DmaBuf, meta: unknown): Promise<void> {
+    let offer: HandoffOffer | null = null;
+    try {
+      offer = await offerHandoff(buf, this, this.#peer.pid, 'socket');
+      if (offer) {
+        if (item.fd < 0) {
+          offer.failed(); // aborted or closed meanwhile
+          return;
+        }
+        item.data = encodeHandoffMessage(meta, offer.body, 'send');
+        item.extra = offer.fds;
+        item.offer = offer;
+      }
+    } catch {
+      // No offer (the metadata and the offer together are too large, say): a plain message.
+      offer?.failed();
+      item.extra = [];
+      item.offer = null;
+    }
+    item.ready = true;
+    this.#guard(() => {
+      if (this.#sendQueue[0] === item) this.#flushSends();
+    });
   }
 
   /**
@@ -380,7 +441,7 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
       }
       throw err;
     }
-    return this.#enqueue(data, dup, signal);
+    return this.#enqueue(this.#newItem(data, dup, signal, true));
   }
 
   /**
@@ -402,12 +463,31 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
    * try { ... } finally { buffer.put(); }
    * ```
    */
-  async receive(options: ChannelOperationOptions = {}): Promise<ReceivedBuffer> {
-    const { fd, meta } = await this.#receiveRaw('receive', options);
+  async receive(options: ReceiveOptions = {}): Promise<ReceivedBuffer> {
+    const raw = await this.#receiveRaw('receive', options);
+    const { fd, meta } = raw;
     try {
       const signal = options?.signal;
+      const map = options?.map;
+      if (raw.handoff) {
+        const peer = this.#peer.pid !== process.pid ? this.#peer.pid : 0;
+        const got = await adoptHandoff({ file: fd, body: raw.handoff.body, fds: raw.handoff.fds, senderPid: peer }, { map, signal });
+        return { ...got, meta };
+      }
       const buffer = await DmaBuf.get(fd, signal ? { signal } : {});
-      return { buffer, meta };
+      if (!map) return { buffer, meta };
+      try {
+        const attachment = await buffer.attach(map.device);
+        try {
+          return { buffer, meta, attachment, sgt: await attachment.map(map.direction, signal ? { signal } : {}) };
+        } catch (err) {
+          await attachment.detach().catch(() => {});
+          throw err;
+        }
+      } catch (err) {
+        buffer.put();
+        throw err;
+      }
     } catch (err) {
       const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err), { cause: err });
       throw new DmaBufError(e.code, `receive: the peer sent a descriptor that is not a buffer this process can get (the descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
@@ -427,7 +507,27 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
    * ```
    */
   async receiveFd(options: ChannelOperationOptions = {}): Promise<ReceivedFd> {
-    return this.#receiveRaw('receiveFd', options);
+    const { fd, meta, handoff } = await this.#receiveRaw('receiveFd', options);
+    // The raw descriptor only: give back what the exporter made ahead (its channel stays).
+    if (handoff) declineHandoff({ file: fd, body: handoff.body, fds: handoff.fds, senderPid: 0 });
+    return { fd, meta };
+  }
+
+  /**
+   * Iterates over received buffers, like the channel itself, with options for each receive:
+   * `map` attaches and maps every buffer (see {@link receive}).
+   *
+   * @example
+   * ```ts
+   * for await (const { buffer, attachment, sgt } of channel.buffers({ map: { device: cpu, direction: 'to-device' } })) {
+   *   use(sgt!.segments[0]!.view!);
+   *   await attachment!.detach();
+   *   buffer.put();
+   * }
+   * ```
+   */
+  buffers(options: ReceiveOptions = {}): AsyncGenerator<ReceivedBuffer, void, undefined> {
+    return untilClosed(() => this.receive(options));
   }
 
   /**
@@ -474,6 +574,7 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     adopted.delete(fd);
     this.#fd = -1;
     closeOwnedQuietly(fd);
+    endRoute(this);
     process.nextTick(() => this.emit('close'));
   }
 
@@ -490,16 +591,21 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     if (signal?.aborted) throw abortError(op, signal, 'before the message was queued; nothing was sent');
   }
 
-  #enqueue(data: Uint8Array, fd: number, signal: AbortSignal | undefined): Promise<void> {
+  #newItem(data: Uint8Array, fd: number, signal: AbortSignal | undefined, ready: boolean): SendItem {
+    try {
+      own(fd);
+    } catch (err) {
+      closeQuietly(fd);
+      throw err;
+    }
+    return { data, fd, extra: [], offer: null, ready, resolve: () => {}, reject: () => {}, signal, onAbort: undefined };
+  }
+
+  #enqueue(item: SendItem): Promise<void> {
+    const { signal } = item;
     return new Promise<void>((resolve, reject) => {
-      try {
-        own(fd);
-      } catch (err) {
-        closeQuietly(fd);
-        reject(err);
-        return;
-      }
-      const item: SendItem = { data, fd, resolve, reject, signal, onAbort: undefined };
+      item.resolve = resolve;
+      item.reject = reject;
       if (signal) {
         item.onAbort = () => this.#abortSend(item);
         signal.addEventListener('abort', item.onAbort, { once: true });
@@ -516,8 +622,10 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     const c = native.constants;
     while (this.#sendQueue.length > 0 && !this.#closed) {
       const item = this.#sendQueue[0]!;
+      if (!item.ready) break; // its offer is being prepared; it flushes the queue when ready
       try {
-        if (native.sendmsg(this.#fd, item.data, [item.fd], c.MSG_DONTWAIT, true) < 0) {
+        const fds = item.extra.length === 0 ? [item.fd] : [item.fd, ...item.extra];
+        if (native.sendmsg(this.#fd, item.data, fds, c.MSG_DONTWAIT, true) < 0) {
           this.#sendBlocked = true; // EAGAIN: wait until the socket is writable
           return;
         }
@@ -543,6 +651,11 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   #finishSend(item: SendItem, err: DmaBufError | null): void {
     closeOwnedQuietly(item.fd);
     item.fd = -1;
+    if (item.offer) {
+      if (err) item.offer.failed();
+      else item.offer.sent();
+      item.offer = null;
+    }
     if (item.signal && item.onAbort) item.signal.removeEventListener('abort', item.onAbort);
     if (err) item.reject(err);
     else item.resolve();
@@ -554,18 +667,20 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     this.#sendQueue.splice(i, 1);
     this.#finishSend(item, abortError('send', item.signal!, 'while queued; nothing was sent'));
     if (this.#sendQueue.length === 0) this.#sendBlocked = false;
-    this.#updatePoll();
+    // The head waited for its offer: the messages behind it may go now.
+    if (i === 0 && !item.ready && !this.#sendBlocked) this.#guard(() => this.#flushSends());
+    else this.#updatePoll();
   }
 
   // ---------------------------------------------------------------------------------------
   // receiving
 
-  async #receiveRaw(op: string, options: ChannelOperationOptions): Promise<ReceivedFd> {
+  async #receiveRaw(op: string, options: ChannelOperationOptions): Promise<RawMessage> {
     const signal = checkSignal(options, op);
     if (this.#closed) throw closedError(op);
     if (signal?.aborted) throw abortError(op, signal, 'before waiting; no message was consumed');
     if (this.#peerClosed) throw peerClosedError(op);
-    return new Promise<ReceivedFd>((resolve, reject) => {
+    return new Promise<RawMessage>((resolve, reject) => {
       const waiter: ReceiveWaiter = { resolve, reject, signal, onAbort: undefined };
       if (signal) {
         waiter.onAbort = () => this.#abortReceive(waiter, op);
@@ -615,9 +730,9 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   }
 
   /** Validates a received message; on any error closes every descriptor it carried. */
-  #parse(r: RecvResult): ReceivedFd | DmaBufError {
+  #parse(r: RecvResult): RawMessage | DmaBufError {
     const c = native.constants;
-    let result: ReceivedFd | DmaBufError;
+    let result: RawMessage | DmaBufError;
     if ((r.flags & c.MSG_CTRUNC) !== 0) {
       result = r.fds.length >= CHANNEL_RECV_MAX_FDS
         ? malformed(`more than ${CHANNEL_RECV_MAX_FDS} descriptors (a message carries exactly one)`)
@@ -626,10 +741,16 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
       result = malformed(`it is longer than ${CHANNEL_RECV_MAX_BYTES} bytes (truncated)`);
     } else {
       try {
-        const { meta } = decodeChannelMessage(r.data, 'receive');
-        result = r.fds.length === 1
-          ? { fd: r.fds[0]!, meta }
-          : malformed(`${r.fds.length} descriptors (a message carries exactly one)`);
+        const { type, meta, handoff } = decodeChannelMessage(r.data, 'receive');
+        if (type === ChannelMessageType.HANDOFF && handoff) {
+          result = r.fds.length >= 1 && r.fds.length <= HANDOFF_MAX_FDS
+            ? { fd: r.fds[0]!, meta, handoff: { body: handoff, fds: r.fds.slice(1) } }
+            : malformed(`a hand-off with ${r.fds.length} descriptors (1 to ${HANDOFF_MAX_FDS})`);
+        } else {
+          result = r.fds.length === 1
+            ? { fd: r.fds[0]!, meta }
+            : malformed(`${r.fds.length} descriptors (a message carries exactly one)`);
+        }
       } catch (err) {
         result = err instanceof DmaBufError ? err : malformed(String(err));
       }
@@ -638,11 +759,14 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     return result;
   }
 
-  #settleReceive(result: ReceivedFd | DmaBufError): void {
+  #settleReceive(result: RawMessage | DmaBufError): void {
     const waiter = this.#receivers.shift();
     if (!waiter) {
       // Cannot happen (reads only happen for a waiter); never leak the descriptor anyway.
-      if (!(result instanceof DmaBufError)) closeQuietly(result.fd);
+      if (!(result instanceof DmaBufError)) {
+        closeQuietly(result.fd);
+        for (const fd of result.handoff?.fds ?? []) closeQuietly(fd);
+      }
       return;
     }
     if (waiter.signal && waiter.onAbort) waiter.signal.removeEventListener('abort', waiter.onAbort);
@@ -656,6 +780,7 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
 
   #onPeerClosed(): void {
     this.#peerClosed = true;
+    endRoute(this);
     for (const w of this.#receivers.splice(0)) {
       if (w.signal && w.onAbort) w.signal.removeEventListener('abort', w.onAbort);
       w.reject(peerClosedError('receive'));

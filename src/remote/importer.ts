@@ -16,19 +16,22 @@
  * @module
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC, kCreateImported, kReacquire, type GetOptions } from './dma-buf.js';
-import type { DmaBufAttachment } from './attachment.js';
-import type { DmaBufOps, OpContext } from './ops.js';
-import type { Device, DeviceMapping } from './device.js';
-import type { MemoryObject } from './memory.js';
-import type { DmaDirection } from './direction.js';
-import { DmaBufError } from './errors.js';
-import { SgTable } from './sg-table.js';
+import { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC, kCreateImported, kReacquire, type GetOptions } from '../core/dma-buf.js';
+import type { DmaBufAttachment } from '../core/attachment.js';
+import type { DmaBufOps, OpContext } from '../core/ops.js';
+import type { Device, DeviceMapping } from '../core/device.js';
+import type { MemoryObject } from '../core/memory.js';
+import { isWritableDirection, type DmaDirection } from '../core/direction.js';
+import type { ForeignDescriptor, Prefetch } from '../core/hooks.js';
+import { DmaBufError } from '../core/errors.js';
+import { SgTable } from '../core/sg-table.js';
 import { native, own, closeOwned } from '../native/binding.js';
-import { Connection, closeAll, lostReply, type Reply } from '../transport/connection.js';
+import { Connection, closeAll, lostReply, type Reply } from './connection.js';
 import { ImportedFile } from '../transport/imported-file.js';
+import { fileKey } from '../transport/buffer-file.js';
 import { shutDownByHolder, holderShutDown } from '../transport/file-liveness.js';
-import { MsgType, encode, field, fromRuns, type Message } from '../transport/protocol.js';
+import { lookup as registryLookup } from '../core/registry.js';
+import { MsgType, encode, field, fromRuns, type Message } from './protocol.js';
 
 /** Default time the exporter has to answer a HELLO, in milliseconds. */
 export const DEFAULT_HANDSHAKE_TIMEOUT = 2000;
@@ -50,10 +53,45 @@ export interface ImportedPriv {
   pid: number;
   maps: Map<SgTable, { mapping: DeviceMapping; memory: RemoteMemory; map: number }>;
   /**
-   * An attach and a map the exporter made along with the HELLO (see {@link getMapped}),
-   * waiting for the attach and map calls that consume them.
+   * An attach and a map the exporter made along with the HELLO (see `getMapped`) or along
+   * with a hand-off, waiting for the attach and map calls that consume them. `device` is the
+   * device they were made for, or null when the exporter made them for any CPU-like device
+   * (a hand-off): then any device whose constraints the table meets may take them.
    */
-  prefetched?: { device: Device; direction: DmaDirection; attachment: number; reply: Reply | null } | undefined;
+  prefetched?: Prefetched | undefined;
+  /** The exporter's grants this object consumed (HELLOs and hand-offs); its PUT returns them. */
+  grants: number;
+}
+
+/** An attach and a map made ahead; see {@link ImportedPriv.prefetched}. */
+interface Prefetched {
+  device: Device | null;
+  direction: DmaDirection;
+  attachment: number;
+  reply: Reply | null;
+}
+
+/** Tells the exporter something it does not answer (id 0): in order, never waiting. */
+function notify(channel: ImportChannel, type: (typeof MsgType)[keyof typeof MsgType], body: Record<string, unknown>): void {
+  if (!channel.conn.closed) channel.conn.send(type, 0, body).catch(() => {});
+}
+
+/** Whether a table made ahead meets `device`'s constraints (so the device may take it). */
+function tableFits(device: Device, body: Record<string, unknown>): boolean {
+  const c = device.constraints;
+  const mem = body.memory as Record<string, unknown> | undefined;
+  if (typeof mem !== 'object' || mem === null || typeof mem.pageSize !== 'number' || mem.pageSize < c.pageSize) return false;
+  if (!Array.isArray(body.segments)) return false;
+  let count = 0;
+  for (const run of body.segments as unknown[]) {
+    if (!Array.isArray(run) || run.length !== 3) return false;
+    const [offset, length, n] = run as number[];
+    if (typeof offset !== 'number' || typeof length !== 'number' || typeof n !== 'number') return false;
+    if (length > c.maxSegmentSize || offset % c.segmentAlignment !== 0) return false;
+    if (n > 1 && length % c.segmentAlignment !== 0) return false;
+    count += n;
+  }
+  return count <= c.maxSegments;
 }
 
 /** The exporter's memory as received in this process: a verified memfd. */
@@ -157,23 +195,30 @@ function dropPrefetched(priv: ImportedPriv): void {
   const p = priv.prefetched;
   if (!p) return;
   priv.prefetched = undefined;
+  undoPrefetched(priv.channel, p);
+}
+
+function undoPrefetched(channel: ImportChannel, p: Prefetched): void {
   if (p.reply) {
     closeAll(p.reply.fds);
     const map = p.reply.msg.body.map;
-    if (typeof map === 'number') priv.channel.conn.sendAndForget(MsgType.UNMAP, { map });
+    if (typeof map === 'number') notify(channel, MsgType.UNMAP, { map });
   }
-  priv.channel.conn.sendAndForget(MsgType.DETACH, { attachment: p.attachment });
+  notify(channel, MsgType.DETACH, { attachment: p.attachment });
 }
 
 const importOps: DmaBufOps<ImportedPriv> = {
   async attach(buf, device, attachment) {
     const { channel, handle } = buf.priv;
     const pre = buf.priv.prefetched;
-    if (pre && pre.device === device) {
-      // Attached along with the HELLO: nothing to ask.
+    if (pre && (pre.device === device || (pre.device === null && pre.reply !== null && tableFits(device, pre.reply.msg.body)))) {
+      // Attached along with the HELLO or the hand-off: nothing to ask.
+      pre.device = device;
       attachment.priv = pre.attachment;
       return;
     }
+    // Made for another device: give it back now rather than hold the exporter's map.
+    if (pre) dropPrefetched(buf.priv);
     const c = device.constraints;
     const reply = await request('attach', channel, MsgType.ATTACH, {
       buffer: handle,
@@ -183,15 +228,11 @@ const importOps: DmaBufOps<ImportedPriv> = {
     attachment.priv = field.uint(reply.msg.body, 'attachment', 0xffffffff);
   },
 
-  async detach(buf, attachment) {
-    const { channel } = buf.priv;
-    if (channel.conn.closed) return; // the exporter is gone: nothing to undo there
-    try {
-      const reply = await request('detach', channel, MsgType.DETACH, { attachment: attachment.priv });
-      closeAll(reply.fds);
-    } catch (err) {
-      if (!DmaBufError.is(err, 'EPIPE')) throw err;
-    }
+  detach(buf, attachment) {
+    // Nothing to wait for: the exporter detaches in order with everything else on the channel.
+    const pre = buf.priv.prefetched;
+    if (pre && pre.attachment === attachment.priv) dropPrefetched(buf.priv);
+    else notify(buf.priv.channel, MsgType.DETACH, { attachment: attachment.priv });
   },
 
   async mapDmaBuf(attachment: DmaBufAttachment<ImportedPriv>, direction: DmaDirection, ctx: OpContext): Promise<SgTable> {
@@ -204,7 +245,8 @@ const importOps: DmaBufOps<ImportedPriv> = {
     };
     let reply: Reply;
     const pre = buf.priv.prefetched;
-    if (pre && pre.reply && pre.attachment === attachment.priv && pre.direction === direction) {
+    const preAccess = pre?.reply?.msg.body.access;
+    if (pre && pre.reply && pre.attachment === attachment.priv && (pre.direction === direction || preAccess === 'write' || !isWritableDirection(direction))) {
       // Mapped along with the HELLO: the answer is here already.
       reply = pre.reply;
       buf.priv.prefetched = undefined;
@@ -235,7 +277,8 @@ const importOps: DmaBufOps<ImportedPriv> = {
       verifyMemory(reply.fds[0]!, size, pageSize, buf.readOnly || writeSealed, end);
       memory = new RemoteMemory(reply.fds[0]!, size, pageSize, writeSealed);
       reply.fds.length = 0;
-      mapping = await attachment.device.mapMemory({ memory, access: access === 'write' && !writeSealed ? 'write' : 'read', signal: ctx.signal });
+      const writable = access === 'write' && !writeSealed && isWritableDirection(direction);
+      mapping = await attachment.device.mapMemory({ memory, access: writable ? 'write' : 'read', signal: ctx.signal });
       memory.closeFd();
       const sgt = new SgTable(segments.map(({ offset, length }) => ({
         offset,
@@ -262,19 +305,12 @@ const importOps: DmaBufOps<ImportedPriv> = {
     // waiting for this unmap may then proceed, with no mapping of ours left behind).
     entry.mapping.release();
     entry.memory.invalidate();
-    if (priv.channel.conn.closed) return;
-    try {
-      const reply = await request('unmap', priv.channel, MsgType.UNMAP, { map: entry.map });
-      closeAll(reply.fds);
-    } catch (err) {
-      if (!DmaBufError.is(err, 'EPIPE')) throw err;
-    }
+    notify(priv.channel, MsgType.UNMAP, { map: entry.map });
   },
 
   release(buf) {
     dropPrefetched(buf.priv);
-    const { channel, handle } = buf.priv;
-    if (!channel.conn.closed) channel.conn.send(MsgType.PUT, 0, { buffer: handle }).catch(() => {});
+    notify(buf.priv.channel, MsgType.PUT, { buffer: buf.priv.handle, grants: buf.priv.grants });
   },
 };
 
@@ -407,7 +443,7 @@ async function handshake(fd: number, key: string, options: GetOptions, peerPid: 
       return DmaBuf[kCreateImported]<ImportedPriv>({
         ops: importOps,
         size: w.size,
-        priv: { channel, handle: w.handle, pid: w.pid, maps: new Map(), prefetched },
+        priv: { channel, handle: w.handle, pid: w.pid, maps: new Map(), prefetched, grants: 1 },
         flags: w.flags,
         name: w.name,
         exporter: w.exporter,
@@ -422,11 +458,6 @@ async function handshake(fd: number, key: string, options: GetOptions, peerPid: 
   }
 }
 
-/** An attach and a map to make along with the handshake. */
-interface Prefetch {
-  device: Device;
-  direction: DmaDirection;
-}
 
 /** The exporter's prefetched attach and map from a welcome, when it made them. */
 function takePrefetched(body: Record<string, unknown>, fds: number[], prefetch: Prefetch | undefined): ImportedPriv['prefetched'] {
@@ -447,7 +478,15 @@ function takePrefetched(body: Record<string, unknown>, fds: number[], prefetch: 
  * @throws {DmaBufError} `EINVAL` for a socket that does not answer the handshake as a
  *   dma-buf; `EPIPE` when the exporter is gone; `EINTR` when `signal` aborts.
  */
-export async function importBuffer(fd: number, key: string, options: GetOptions, lookup: () => DmaBuf | undefined, prefetch?: Prefetch): Promise<DmaBuf> {
+export function importForeign(desc: ForeignDescriptor, options: GetOptions, prefetch: Prefetch | undefined): Promise<DmaBuf> | undefined {
+  const c = native.constants;
+  if ((desc.stat.mode & c.S_IFMT) !== c.S_IFSOCK) return undefined;
+  const info = native.socketInfo(desc.fd);
+  if (info.domain !== c.AF_UNIX || info.type !== c.SOCK_SEQPACKET) return undefined;
+  return importBuffer(desc.fd, desc.key, options, desc.lookup, prefetch);
+}
+
+async function importBuffer(fd: number, key: string, options: GetOptions, lookup: () => DmaBuf | undefined, prefetch: Prefetch | undefined): Promise<DmaBuf> {
   for (;;) {
     const pending = inFlight.get(key);
     if (!pending) break;
@@ -488,4 +527,180 @@ export async function importBuffer(fd: number, key: string, options: GetOptions,
 /** This thread's channels to exporters (for introspection and tests). */
 export function importChannels(): { token: string; pid: number; closed: boolean }[] {
   return [...channels.values()].map((ch) => ({ token: ch.token, pid: ch.pid, closed: ch.conn.closed }));
+}
+
+// -----------------------------------------------------------------------------------------
+// One-message hand-offs, the receiver's side (the exporter's side is handoff.ts).
+
+/** What a hand-off message delivered. */
+export interface HandoffDelivery {
+  /** The buffer's file; the caller keeps owning it (the buffer takes its own `dup`). */
+  readonly file: number;
+  /** The offer's description, as received (untrusted). */
+  readonly body: unknown;
+  /** The offer's other descriptors, in the offer's order; {@link adoptHandoff} takes them over. */
+  readonly fds: readonly number[];
+  /** The sender's process when the transport knows it (0 when it does not). */
+  readonly senderPid: number;
+}
+
+/** The attach and map a receiver wants with the buffer. */
+export interface HandoffMap {
+  readonly device: Device;
+  readonly direction: DmaDirection;
+}
+
+/** What {@link adoptHandoff} returns: the buffer, and its attachment and table when asked. */
+export interface AdoptedHandoff {
+  buffer: DmaBuf;
+  attachment?: DmaBufAttachment;
+  sgt?: SgTable;
+}
+
+function lookupLive(key: string): DmaBuf | undefined {
+  const found = registryLookup(key);
+  return found instanceof DmaBuf && !found.released ? found : undefined;
+}
+
+/** Whether a buffer object of this thread is an import of a buffer exported elsewhere. */
+export function isImported(buf: DmaBuf): boolean {
+  return buf.ops === (importOps as DmaBufOps<unknown>);
+}
+
+/** The parts of an offer, checked; the channel is this thread's (adopted or known). */
+interface CheckedOffer {
+  w: ReturnType<typeof checkWelcome>;
+  channel: ImportChannel;
+  pre: Prefetched | undefined;
+}
+
+/**
+ * Checks an offer and takes over its descriptors. Returns null (every descriptor closed)
+ * when the offer cannot be used: the receiver then imports through the buffer's file.
+ */
+function checkOffer(d: HandoffDelivery): CheckedOffer | null {
+  const fds = [...d.fds];
+  try {
+    if (typeof d.body !== 'object' || d.body === null) return null;
+    const body = d.body as Record<string, unknown>;
+    const w = checkWelcome({ reused: false, ...body });
+    const map = body.map;
+    const hasMap = typeof map === 'object' && map !== null;
+    const hasChannel = body.channel === true;
+    if (fds.length !== (hasMap ? 1 : 0) + (hasChannel ? 1 : 0)) return null;
+    // The file must be one the process named by the offer created (its exporter), and the
+    // message must come from that process when the transport can tell.
+    if (native.peerCred(d.file).pid !== w.pid || (d.senderPid !== 0 && d.senderPid !== w.pid)) return null;
+    let channel: ImportChannel | undefined;
+    if (hasChannel) {
+      const fd = fds[hasMap ? 1 : 0]!;
+      const c = native.constants;
+      const info = native.socketInfo(fd);
+      if (info.domain !== c.AF_UNIX || info.type !== c.SOCK_SEQPACKET || native.peerCred(fd).pid !== w.pid) return null;
+      if (channels.has(w.token)) return null;
+      const token = w.token;
+      channel = { token, pid: w.pid, conn: new Connection(fd, { onMessage: (_m, extra) => closeAll(extra), onClose: () => channels.delete(token) }) };
+      fds.splice(hasMap ? 1 : 0, 1);
+      channels.set(token, channel);
+    } else {
+      channel = channels.get(w.token);
+      if (!channel || channel.conn.closed || channel.pid !== w.pid) return null;
+    }
+    let pre: Prefetched | undefined;
+    if (hasMap) {
+      const m = map as Record<string, unknown>;
+      const attachment = field.uint(m, 'attachment', 0xffffffff);
+      const access = field.oneOf(m, 'access', ['read', 'write'] as const);
+      pre = { device: null, direction: access === 'write' ? 'bidirectional' : 'to-device', attachment, reply: { msg: { type: MsgType.REPLY, id: 0, body: m }, fds: [fds.shift()!] } };
+    }
+    return { w, channel, pre };
+  } catch {
+    return null;
+  } finally {
+    closeAll(fds);
+  }
+}
+
+/**
+ * Imports the buffer a hand-off carried, and attaches and maps it when `options.map` asks:
+ * with the exporter's offer (its description, channel and map made ahead) and no request to
+ * the exporter; the attach and map are made ahead only for a device whose constraints the
+ * offered table meets and a direction its access allows, else they are given back and asked
+ * for. An offer this thread cannot use (no channel, a sender that is not the exporter) falls
+ * back to `DmaBuf.get` of the file, which reaches the exporter through the file itself.
+ *
+ * @throws {DmaBufError} what `DmaBuf.get`, `attach` and `map` throw.
+ */
+export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffMap | undefined; signal?: AbortSignal | undefined } = {}): Promise<AdoptedHandoff> {
+  const offer = checkOffer(d);
+  const getOptions = options.signal ? { signal: options.signal } : {};
+  let buffer: DmaBuf;
+  if (!offer) {
+    buffer = await DmaBuf.get(d.file, getOptions);
+  } else {
+    const { w, channel, pre } = offer;
+    const key = fileKey(d.file);
+    for (let pending = inFlight.get(key); pending; pending = inFlight.get(key)) await pending.catch(() => {});
+    const existing = lookupLive(key);
+    if (existing) {
+      existing[kReacquire](d.file);
+      const priv = existing.priv as ImportedPriv;
+      if (isImported(existing) && priv.channel === channel) {
+        priv.grants += 1;
+        if (pre && !priv.prefetched) priv.prefetched = pre;
+        else if (pre) undoPrefetched(channel, pre);
+      } else {
+        if (pre) undoPrefetched(channel, pre);
+        notify(channel, MsgType.PUT, { buffer: w.handle, grants: 1 });
+      }
+      buffer = existing;
+    } else {
+      const file = new ImportedFile(d.file, key);
+      try {
+        buffer = DmaBuf[kCreateImported]<ImportedPriv>({
+          ops: importOps,
+          size: w.size,
+          priv: { channel, handle: w.handle, pid: w.pid, maps: new Map(), prefetched: pre, grants: 1 },
+          flags: w.flags,
+          name: w.name,
+          exporter: w.exporter,
+        }, file, w.sealed) as unknown as DmaBuf;
+      } catch (err) {
+        file.close();
+        if (pre) undoPrefetched(channel, pre);
+        throw err;
+      }
+    }
+  }
+  const want = options.map;
+  if (!want) {
+    // Nobody asked for the map made ahead: give it back now rather than stall the exporter.
+    if (isImported(buffer)) dropPrefetched(buffer.priv as ImportedPriv);
+    return { buffer };
+  }
+  try {
+    const attachment = await buffer.attach(want.device);
+    try {
+      const sgt = await attachment.map(want.direction, getOptions);
+      return { buffer, attachment, sgt };
+    } catch (err) {
+      await attachment.detach().catch(() => {});
+      throw err;
+    }
+  } catch (err) {
+    buffer.put();
+    throw err;
+  }
+}
+
+/**
+ * Gives back what a hand-off's exporter made ahead when the receiver takes only the raw
+ * descriptor: the map and attach are undone and the grant returned; a channel it carried is
+ * kept for later hand-offs. Takes over `d.fds`; never throws.
+ */
+export function declineHandoff(d: HandoffDelivery): void {
+  const offer = checkOffer(d);
+  if (!offer) return;
+  if (offer.pre) undoPrefetched(offer.channel, offer.pre);
+  notify(offer.channel, MsgType.PUT, { buffer: offer.w.handle, grants: 1 });
 }

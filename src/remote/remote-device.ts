@@ -4,9 +4,9 @@
  *
  * @module
  */
-import { Device, type DeviceMapping, type DeviceOptions, type MapMemoryRequest } from './device.js';
-import type { DeviceAccess } from './device.js';
-import type { MemoryObject } from './memory.js';
+import { Device, type DeviceMapping, type DeviceOptions, type MapMemoryRequest } from '../core/device.js';
+import type { DeviceAccess } from '../core/device.js';
+import type { MemoryObject } from '../core/memory.js';
 
 /** What a remote map hands to the importer. */
 export interface RemoteMapping {

@@ -10,7 +10,7 @@ import { resolve as resolvePath } from 'node:path';
 import { native, own, closeOwned, type PollHandle } from '../native/binding.js';
 import { DmaBufError } from '../core/errors.js';
 import { BufferChannel } from './channel.js';
-import { abortError, checkSignal, displayAddress, isAbstract, normalizeAddress, untilClosed } from './unix-util.js';
+import { abortError, checkSignal, displayAddress, isAbstract, normalizeAddress, untilClosed } from '../transport/unix-util.js';
 
 /** Options of {@link BufferServer.listen}. */
 export interface ListenOptions {

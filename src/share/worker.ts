@@ -11,8 +11,10 @@
 import { DmaBuf } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import { native } from '../native/binding.js';
-import { fileKey } from './buffer-file.js';
-import { checkFd } from './unix-util.js';
+import { fileKey } from '../transport/buffer-file.js';
+import { checkFd } from '../transport/unix-util.js';
+import { endRoute, offerHandoff } from '../remote/handoff.js';
+import { adoptHandoff, declineHandoff, type AdoptedHandoff, type HandoffMap } from '../remote/importer.js';
 
 /** The property that marks a buffer message (a string: symbols do not survive `postMessage`). */
 export const BUFFER_MESSAGE_MARKER = '__dmabufBuffer';
@@ -29,7 +31,24 @@ export interface BufferMessage {
   pid: number;
   /** The sender's metadata (anything `postMessage` can clone). */
   meta: unknown;
+  /**
+   * When the sender exported the buffer: its hand-off offer (the description, and a map made
+   * ahead) and the descriptors it describes, which the message owns like `fd`.
+   */
+  handoff?: { body: Record<string, unknown>; fds: number[] } | undefined;
 }
+
+/** Options of {@link receiveBuffer}. */
+export interface ReceiveBufferOptions {
+  /**
+   * Attach this device and map the buffer with this direction before returning; when the
+   * poster exported the buffer, the message carried the map: no request to the exporter.
+   */
+  map?: HandoffMap;
+}
+
+/** Posts of each port not yet made, in order: a post waits for the ones before it. */
+const queues = new WeakMap<object, Promise<void>>();
 
 /** Something with `postMessage`: a `Worker`, a `MessagePort`, `parentPort`. */
 export interface MessageTarget {
@@ -52,7 +71,7 @@ export interface MessageTarget {
  * buf.put(); // the message holds the file until the worker receives it
  * ```
  */
-export function postBuffer(port: MessageTarget, buf: DmaBuf, meta?: unknown): void {
+export function postBuffer(port: MessageTarget, buf: DmaBuf, meta?: unknown): Promise<void> {
   const op = 'postBuffer';
   if (port === null || typeof port !== 'object' || typeof (port as { postMessage?: unknown }).postMessage !== 'function') {
     throw new DmaBufError('EINVAL', `${op}: expected something with postMessage (a Worker, a MessagePort, parentPort)`, { op });
@@ -60,11 +79,47 @@ export function postBuffer(port: MessageTarget, buf: DmaBuf, meta?: unknown): vo
   if (!(buf instanceof DmaBuf)) {
     throw new DmaBufError('EINVAL', `${op}: expected a DmaBuf`, { op });
   }
+  try {
+    structuredClone(meta);
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    throw new DmaBufError('EINVAL', `${op}: the message could not be posted (${msg}); meta must be something postMessage can clone`, { op, cause: err });
+  }
+  // The descriptor now: the caller may put the buffer as soon as this returns.
   const fd = buf.fd();
+  const before = queues.get(port) ?? Promise.resolve();
+  const done = before.then(() => post(port, buf, fd, meta));
+  const tail = done.catch(() => {});
+  queues.set(port, tail);
+  void tail.then(() => { if (queues.get(port) === tail) queues.delete(port); });
+  return done;
+}
+
+/** Ends the route's channel when the port closes or the worker exits. */
+function endRouteWith(port: MessageTarget): void {
+  const emitter = port as { once?: (event: string, fn: () => void) => unknown };
+  if (typeof emitter.once !== 'function') return;
+  const end = (): void => endRoute(port);
+  emitter.once.call(port, 'close', end);
+  emitter.once.call(port, 'exit', end);
+}
+
+async function post(port: MessageTarget, buf: DmaBuf, fd: number, meta: unknown): Promise<void> {
+  const op = 'postBuffer';
+  let offer = null;
+  try {
+    offer = await offerHandoff(buf, port, process.pid, 'thread');
+    if (offer?.body.channel === true) endRouteWith(port);
+  } catch {
+    offer = null; // the receiver imports through the file
+  }
   try {
     const message: BufferMessage = { [BUFFER_MESSAGE_MARKER]: true, fd, key: fileKey(fd), pid: process.pid, meta };
+    if (offer) message.handoff = { body: offer.body, fds: [...offer.fds] };
     port.postMessage(message);
+    offer?.sent();
   } catch (err) {
+    offer?.failed();
     native.close(fd);
     if (err instanceof DmaBufError) throw err;
     const msg = err instanceof Error ? err.message : String(err);
@@ -100,6 +155,13 @@ export function isBufferMessage(value: unknown): value is BufferMessage {
  * ```
  */
 export function receiveBufferFd(message: unknown): { fd: number; meta: unknown } {
+  const { fd, meta, handoff } = takeMessage(message);
+  // The raw descriptor only: give back what the exporter made ahead.
+  if (handoff) declineHandoff({ file: fd, body: handoff.body, fds: handoff.fds, senderPid: process.pid });
+  return { fd, meta };
+}
+
+function takeMessage(message: unknown): { fd: number; meta: unknown; handoff?: { body: Record<string, unknown>; fds: number[] } } {
   const op = 'receiveBuffer';
   if (!isBufferMessage(message)) {
     throw new DmaBufError('EINVAL', `${op}: not a buffer message (make one with postBuffer())`, { op });
@@ -124,7 +186,9 @@ export function receiveBufferFd(message: unknown): { fd: number; meta: unknown }
     throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is no longer the one posted (was the message received already?); it was left open`, { op });
   }
   message.fd = -1;
-  return { fd, meta: message.meta };
+  const handoff = message.handoff;
+  message.handoff = undefined;
+  return { fd, meta: message.meta, ...(handoff ? { handoff } : {}) };
 }
 
 /**
@@ -142,10 +206,11 @@ export function receiveBufferFd(message: unknown): { fd: number; meta: unknown }
  * });
  * ```
  */
-export async function receiveBuffer(message: unknown): Promise<{ buffer: DmaBuf; meta: unknown }> {
-  const { fd, meta } = receiveBufferFd(message);
+export async function receiveBuffer(message: unknown, options: ReceiveBufferOptions = {}): Promise<AdoptedHandoff & { meta: unknown }> {
+  const { fd, meta, handoff } = takeMessage(message);
   try {
-    return { buffer: await DmaBuf.get(fd), meta };
+    const got = await adoptHandoff({ file: fd, body: handoff?.body ?? null, fds: handoff?.fds ?? [], senderPid: process.pid }, { map: options.map });
+    return { ...got, meta };
   } finally {
     try {
       native.close(fd);

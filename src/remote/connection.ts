@@ -59,6 +59,9 @@ export class Connection {
   #nextId = 1;
   #closed = false;
   #keepAlive = false;
+  /** The events the watcher watches now, and whether it keeps the loop alive. */
+  #pollEvents = -1;
+  #pollRef: boolean | null = null;
   /** Ids of requests whose answers nobody waits for (bounded: the oldest are forgotten). */
   #unawaited = new Set<number>();
   #closeReason: DmaBufError | null = null;
@@ -71,6 +74,8 @@ export class Connection {
     this.#handlers = handlers;
     const c = native.constants;
     this.#poll = native.pollStart(fd, c.UV_READABLE | c.UV_DISCONNECT, (status, events) => this.#onReady(status, events));
+    this.#pollEvents = c.UV_READABLE | c.UV_DISCONNECT;
+    this.#pollRef = false; // pollStart leaves the watcher unref'd
   }
 
   /** Whether the connection is closed. */
@@ -240,9 +245,17 @@ export class Connection {
   #updatePoll(): void {
     if (!this.#poll) return;
     const c = native.constants;
+    // Only what changed: each re-arm is an epoll_ctl.
     const events = c.UV_READABLE | c.UV_DISCONNECT | (this.#queue.length > 0 ? c.UV_WRITABLE : 0);
-    native.pollUpdate(this.#poll, events);
-    native.pollRef(this.#poll, this.#keepAlive || this.#queue.length > 0 || this.#pending.size > 0);
+    if (events !== this.#pollEvents) {
+      native.pollUpdate(this.#poll, events);
+      this.#pollEvents = events;
+    }
+    const ref = this.#keepAlive || this.#queue.length > 0 || this.#pending.size > 0;
+    if (ref !== this.#pollRef) {
+      native.pollRef(this.#poll, ref);
+      this.#pollRef = ref;
+    }
   }
 
   #onReady(status: number, events: number): void {

@@ -21,12 +21,12 @@
  * @module
  */
 import { threadId, isMainThread } from 'node:worker_threads';
-import type { DmaBuf } from './dma-buf.js';
-import type { DeviceConstraints } from './device.js';
-import type { DmaDirection } from './direction.js';
+import type { DmaBuf } from '../core/dma-buf.js';
+import type { DeviceConstraints } from '../core/device.js';
+import type { DmaDirection } from '../core/direction.js';
 import { RemoteDevice } from './remote-device.js';
-import { kMaps, kOnRelease } from './internal.js';
-import { registered } from './registry.js';
+import { kMaps, kOnRelease } from '../core/internal.js';
+import { registered } from '../core/registry.js';
 import { serviceChannels } from './service.js';
 import { importChannels } from './importer.js';
 import { native, own, closeOwned, available, type PollHandle } from '../native/binding.js';
@@ -314,12 +314,24 @@ export function ensureIntrospection(buf: DmaBuf): void {
   }
 }
 
+/**
+ * How long the endpoint stays up after this thread's last buffer went, in milliseconds: a
+ * thread that hands buffers off one after the other (each imported, then put) keeps one
+ * listener instead of opening and closing one per hand-off.
+ */
+const LINGER_MS = 2000;
+let lingering: NodeJS.Timeout | null = null;
+
 function onBufferReleased(): void {
   live -= 1;
-  if (live <= 0) {
-    live = 0;
-    stopIntrospection();
-  }
+  if (live > 0) return;
+  live = 0;
+  if (lingering) return;
+  lingering = setTimeout(() => {
+    lingering = null;
+    if (live === 0) stopIntrospection();
+  }, LINGER_MS);
+  lingering.unref();
 }
 
 function listen(): Listener | null {
@@ -448,6 +460,11 @@ function answer(fd: number, data: Buffer): void {
     done();
   };
   pump();
+}
+
+/** The listener's descriptor in this thread, or -1 (tests leave it out of descriptor counts). */
+export function introspectionFd(): number {
+  return listener?.fd ?? -1;
 }
 
 /**

@@ -15,25 +15,25 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import type { DmaBuf } from './dma-buf.js';
-import type { DmaBufAttachment } from './attachment.js';
-import { DmaBufError } from './errors.js';
-import { AsyncLock } from './lock.js';
+import type { DmaBuf } from '../core/dma-buf.js';
+import type { DmaBufAttachment } from '../core/attachment.js';
+import { DmaBufError } from '../core/errors.js';
+import { AsyncLock } from '../core/lock.js';
 import { RemoteDevice } from './remote-device.js';
-import { kAttachRemote, kOnRelease } from './internal.js';
-import { lookup } from './registry.js';
-import { DIRECTIONS, type DmaDirection } from './direction.js';
-import type { SgTable } from './sg-table.js';
+import { kAttachRemote, kOnRelease } from '../core/internal.js';
+import { lookup } from '../core/registry.js';
+import { DIRECTIONS, type DmaDirection } from '../core/direction.js';
+import type { SgTable } from '../core/sg-table.js';
 import { native } from '../native/binding.js';
-import { Connection, closeAll } from '../transport/connection.js';
+import { Connection, closeAll } from './connection.js';
 import { fileKey } from '../transport/buffer-file.js';
-import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from '../transport/protocol.js';
+import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from './protocol.js';
+import { charge, refund } from './limits.js';
+import { warnLimited } from './warn.js';
 
-/** Most remote attachments one channel may hold at once. */
-export const MAX_ATTACHMENTS_PER_CHANNEL = 65536;
 
 /** What a request produced: the REPLY's body and descriptors, and how to undo it. */
-interface Answer {
+export interface Answer {
   body: Record<string, unknown>;
   fds: number[];
   undo?: () => Promise<void>;
@@ -48,18 +48,49 @@ interface RemoteAttachment {
 }
 
 /** One importer thread's channel to this exporter thread. */
-class ServiceChannel {
+export class ServiceChannel {
   readonly token: string;
   readonly conn: Connection;
   readonly pid: number;
   readonly buffers = new Map<number, DmaBuf>();
+  /** Grants of each buffer not yet consumed by a PUT (see {@link adopt}). */
+  readonly grants = new Map<number, number>();
+  /** Requests answered on this channel, and notifications (id 0) run: for introspection and tests. */
+  requests = 0;
+  notifications = 0;
   readonly attachments = new Map<number, RemoteAttachment>();
   readonly maps = new Map<number, { attachment: number; sgt: SgTable }>();
   #nextId = 1;
 
-  constructor(fd: number) {
+  /**
+   * Takes ownership of `fd`, the exporter's end of the channel. `pid` is the importer's
+   * process when known (a channel this thread created for a hand-off: its own socketpair's
+   * credentials would name this process); else it is read from `SO_PEERCRED`.
+   */
+  constructor(fd: number, pid?: number) {
+    if (pid === undefined) {
+      try {
+        pid = native.peerCred(fd).pid;
+      } catch {
+        pid = 0; // a peer that is already gone: cleanup follows at the first poll
+      }
+    }
+    // Counted before anything is kept: past the limit the caller closes `fd`.
+    charge(pid, 'channels', 'hello');
     this.token = randomBytes(16).toString('hex');
-    this.conn = new Connection(fd, {
+    const charged = pid;
+    try {
+      this.conn = this.#connect(fd);
+    } catch (err) {
+      refund(charged, 'channels');
+      throw err;
+    }
+    this.pid = pid;
+    channels.set(this.token, this);
+  }
+
+  #connect(fd: number): Connection {
+    return new Connection(fd, {
       onMessage: (msg, fds) => { closeAll(fds); void this.#handle(msg); },
       onBadMessage: (err, id, kind) => {
         // An exporter sends no requests, so a reply reaching it means the channel is not an
@@ -69,13 +100,6 @@ class ServiceChannel {
       },
       onClose: () => this.#cleanup(),
     });
-    let pid = 0;
-    try {
-      pid = this.conn.peer().pid;
-    } catch {
-      // a peer that is already gone: cleanup follows at the first poll
-    }
-    this.pid = pid;
   }
 
   /** Attach and map for a HELLO that asked for them; answers merged into one body. */
@@ -104,10 +128,32 @@ class ServiceChannel {
     return id;
   }
 
+  /**
+   * Lets the importer reach `buf` on this channel: it proved it holds the buffer's file (a
+   * HELLO through the file, or a hand-off that carried the file). Each grant is counted; the
+   * importer's PUT says how many it consumed, so a PUT that crosses a newer hand-off of the
+   * same buffer does not revoke it.
+   */
   adopt(buf: DmaBuf): void {
+    this.grants.set(buf.id, (this.grants.get(buf.id) ?? 0) + 1);
     if (this.buffers.has(buf.id)) return;
     this.buffers.set(buf.id, buf);
-    buf[kOnRelease](() => this.buffers.delete(buf.id));
+    buf[kOnRelease](() => { this.buffers.delete(buf.id); this.grants.delete(buf.id); this.#closeIfIdle(); });
+  }
+
+  #closeWhenIdle = false;
+
+  /**
+   * Closes the channel once the importer holds nothing through it (no buffer, no attachment):
+   * for a hand-off channel whose route (the buffer channel, the worker) is gone.
+   */
+  closeWhenIdle(): void {
+    this.#closeWhenIdle = true;
+    this.#closeIfIdle();
+  }
+
+  #closeIfIdle(): void {
+    if (this.#closeWhenIdle && !this.conn.closed && this.buffers.size === 0 && this.attachments.size === 0) this.conn.close();
   }
 
   #answerError(id: number, err: unknown): void {
@@ -130,14 +176,18 @@ class ServiceChannel {
   }
 
   async #handle(msg: Message): Promise<void> {
-    if (msg.id === 0 && msg.type !== MsgType.PUT) {
+    if (msg.id === 0 && !NOTIFICATIONS.has(msg.type)) {
       // A request nobody can be answered for (id 0 is for notifications): refuse to run it.
       this.conn.badMessages += 1;
       return;
     }
     let answer: Answer | undefined;
+    if (msg.id === 0) this.notifications += 1;
+    else this.requests += 1;
     try {
       answer = await this.dispatch(msg);
+      this.#closeIfIdle();
+      if (msg.id === 0) return; // a notification: nobody waits for an answer
       if (answer && !this.conn.closed) await this.conn.send(MsgType.REPLY, msg.id, answer.body, answer.fds);
     } catch (err) {
       // An answer that could not be sent: the importer will never know of what it did.
@@ -156,9 +206,6 @@ class ServiceChannel {
     switch (msg.type) {
       case MsgType.ATTACH: {
         const buf = this.#buffer(body);
-        if (this.attachments.size >= MAX_ATTACHMENTS_PER_CHANNEL) {
-          throw new DmaBufError('ENOMEM', `attach: a channel may hold at most ${MAX_ATTACHMENTS_PER_CHANNEL} attachments`, { op: 'attach' });
-        }
         const d = body.device;
         if (typeof d !== 'object' || d === null) throw new DmaBufError('EPROTO', 'protocol: field "device" must be an object', { op: 'protocol' });
         const dev = d as Record<string, unknown>;
@@ -169,8 +216,16 @@ class ServiceChannel {
           segmentAlignment: field.uint(dev, 'segmentAlignment'),
           pageSize: field.uint(dev, 'pageSize'),
         }, field.str(dev, 'kind', 64), this.pid);
-        const att = await buf[kAttachRemote](device);
+        charge(this.pid, 'attachments', 'attach');
+        let att: DmaBufAttachment;
+        try {
+          att = await buf[kAttachRemote](device);
+        } catch (err) {
+          refund(this.pid, 'attachments');
+          throw err;
+        }
         if (this.conn.closed) {
+          refund(this.pid, 'attachments');
           await att.detach();
           return undefined;
         }
@@ -178,7 +233,7 @@ class ServiceChannel {
         this.attachments.set(attId, { att, device, mapLock: new AsyncLock(), maps: new Set() });
         this.conn.keepAlive(true);
         return ok({ attachment: attId }, [], async () => {
-          this.attachments.delete(attId);
+          if (this.attachments.delete(attId)) refund(this.pid, 'attachments');
           if (this.attachments.size === 0) this.conn.keepAlive(false);
           await att.detach();
         });
@@ -186,7 +241,9 @@ class ServiceChannel {
       case MsgType.DETACH: {
         const [attId, entry] = this.#attachment(body);
         this.attachments.delete(attId);
+        refund(this.pid, 'attachments');
         for (const m of entry.maps) this.maps.delete(m);
+        refund(this.pid, 'maps', entry.maps.size);
         // An exporter stays alive while importers hold attachments: it answers their maps.
         if (this.attachments.size === 0) this.conn.keepAlive(false);
         await entry.att.detach();
@@ -195,15 +252,27 @@ class ServiceChannel {
       case MsgType.MAP: {
         const [attId, entry] = this.#attachment(body);
         const direction = field.oneOf(body, 'direction', DIRECTIONS) as DmaDirection;
-        const { sgt, mapping } = await entry.mapLock.run('map', async () => {
-          const table = await entry.att.map(direction);
-          return { sgt: table, mapping: entry.device.takePending() };
-        });
+        charge(this.pid, 'maps', 'map');
+        let made;
+        try {
+          made = await entry.mapLock.run('map', async () => {
+            const table = await entry.att.map(direction);
+            return { sgt: table, mapping: entry.device.takePending() };
+          });
+        } catch (err) {
+          refund(this.pid, 'maps');
+          throw err;
+        }
+        const { sgt, mapping } = made;
+        // From here the map counts until it is in this.maps, then until it leaves it.
+        const uncount = (): void => refund(this.pid, 'maps');
         if (!mapping) {
+          uncount();
           await entry.att.unmap(sgt);
           throw new DmaBufError('EINVAL', `map: the exporter "${entry.att.dmabuf.exporter}" has no memory a device in another process can map`, { op: 'map' });
         }
         if (this.conn.closed || !this.attachments.has(attId)) {
+          uncount();
           if (!entry.att.detached) await entry.att.unmap(sgt).catch(() => {});
           return undefined;
         }
@@ -211,6 +280,7 @@ class ServiceChannel {
         try {
           runs = toRuns(sgt.segments);
         } catch (err) {
+          uncount();
           await entry.att.unmap(sgt);
           throw err;
         }
@@ -224,7 +294,7 @@ class ServiceChannel {
           memory: { size: memory.size, pageSize: memory.pageSize, writeSealed: memory.writeSealed },
           access,
         }, [memory.fd], async () => {
-          this.maps.delete(mapId);
+          if (this.maps.delete(mapId)) uncount();
           entry.maps.delete(mapId);
           if (!entry.att.detached) await entry.att.unmap(sgt);
         });
@@ -234,6 +304,7 @@ class ServiceChannel {
         const m = this.maps.get(mapId);
         if (!m) throw new DmaBufError('EINVAL', `unmap: map ${mapId} is not a live map of this channel`, { op: 'unmap' });
         this.maps.delete(mapId);
+        refund(this.pid, 'maps');
         const entry = this.attachments.get(m.attachment);
         entry?.maps.delete(mapId);
         if (entry && !entry.att.detached) await entry.att.unmap(m.sgt);
@@ -241,7 +312,14 @@ class ServiceChannel {
       }
       case MsgType.PUT: {
         const bufId = field.uint(body, 'buffer', 0xffffffff);
-        this.buffers.delete(bufId);
+        const consumed = body.grants === undefined ? Infinity : field.uint(body, 'grants', 0xffffffff);
+        const left = (this.grants.get(bufId) ?? 0) - consumed;
+        if (left > 0) {
+          this.grants.set(bufId, left);
+        } else {
+          this.buffers.delete(bufId);
+          this.grants.delete(bufId);
+        }
         return undefined;
       }
       default:
@@ -252,30 +330,47 @@ class ServiceChannel {
   /** The importer is gone: undo what it left, as if it had. */
   #cleanup(): void {
     channels.delete(this.token);
+    refund(this.pid, 'channels');
+    refund(this.pid, 'attachments', this.attachments.size);
+    refund(this.pid, 'maps', this.maps.size);
     const left = [...this.attachments.values()];
     this.attachments.clear();
     this.maps.clear();
     this.buffers.clear();
+    this.grants.clear();
     for (const entry of left) {
       if (!entry.att.detached) {
         entry.att.detach().catch((err: unknown) => {
-          process.emitWarning(`dmabuf: cleaning up after an importer (pid ${this.pid}) failed: ${String(err)}`, 'DmaBufWarning');
+          warnLimited('cleanup', `cleaning up after an importer (pid ${this.pid}) failed: ${String(err)}`);
         });
       }
     }
   }
 }
 
+/**
+ * What an importer may send with id 0, as a notification that is not answered: PUT, and the
+ * UNMAP and DETACH of an importer that does not wait for the exporter (its own side is undone
+ * already). They are run in order with the channel's requests.
+ */
+const NOTIFICATIONS: ReadonlySet<number> = new Set([MsgType.PUT, MsgType.UNMAP, MsgType.DETACH]);
+
 /** This thread's channels, by token. */
 const channels = new Map<string, ServiceChannel>();
 
+/** The live channel with this token. */
+export function serviceChannel(token: string): ServiceChannel | undefined {
+  const ch = channels.get(token);
+  return ch && !ch.conn.closed ? ch : undefined;
+}
+
 /** The channels of this exporter thread (for introspection and tests). */
-export function serviceChannels(): { token: string; pid: number; buffers: number; attachments: number; maps: number }[] {
-  return [...channels.values()].map((c) => ({ token: c.token, pid: c.pid, buffers: c.buffers.size, attachments: c.attachments.size, maps: c.maps.size }));
+export function serviceChannels(): { token: string; pid: number; buffers: number; attachments: number; maps: number; requests: number; notifications: number }[] {
+  return [...channels.values()].map((c) => ({ token: c.token, pid: c.pid, buffers: c.buffers.size, attachments: c.attachments.size, maps: c.maps.size, requests: c.requests, notifications: c.notifications }));
 }
 
 /** The buffer's description, as the importer receives it. */
-function describe(buf: DmaBuf, channel: ServiceChannel, reused: boolean): Record<string, unknown> {
+export function describe(buf: DmaBuf, channel: ServiceChannel, reused: boolean): Record<string, unknown> {
   return {
     buffer: buf.id,
     size: buf.size,
@@ -298,7 +393,7 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0)
   if (flags & c.MSG_CTRUNC) {
     // The kernel dropped the HELLO's channel: this process is out of descriptors. The
     // importer cannot be answered; it will time out. Say why here, where it can be fixed.
-    process.emitWarning(`dmabuf: an importer's HELLO for buffer "${buf.name}" lost its descriptor (MSG_CTRUNC): this process is probably out of descriptors (EMFILE); raise RLIMIT_NOFILE`, 'DmaBufWarning');
+    warnLimited('ctrunc', `an importer's HELLO for buffer "${buf.name}" lost its descriptor (MSG_CTRUNC): this process is probably out of descriptors (EMFILE); raise RLIMIT_NOFILE`);
   }
   // The one descriptor must be a connected SEQPACKET Unix socket: the importer's channel.
   let channelFd = -1;
@@ -351,8 +446,21 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0)
       tokens = [];
     }
     const existing = tokens.map((t) => channels.get(t)).find((ch) => ch !== undefined && !ch.conn.closed);
-    const channel = existing ?? new ServiceChannel(channelFd);
-    if (!existing) channels.set(channel.token, channel);
+    let channel: ServiceChannel;
+    try {
+      channel = existing ?? new ServiceChannel(channelFd);
+    } catch (err) {
+      // Over its limit of channels (or out of resources): refused, and nothing kept.
+      const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err));
+      try {
+        native.sendmsg(channelFd, encode(MsgType.ERROR, msg.id, { code: e.code, message: e.message }), [], c.MSG_DONTWAIT);
+      } catch {
+        // the importer is gone or does not read
+      }
+      closeAll([channelFd]);
+      if (e.code === 'ENOSPC') warnLimited('channels', `refused a channel for buffer "${buf.name}": ${e.message}`);
+      return;
+    }
     channel.adopt(buf);
     const welcome = describe(buf, channel, existing !== undefined);
     const answer = (prefetched: Answer | undefined): void => {
