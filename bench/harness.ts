@@ -10,6 +10,7 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { UsageError, integerOption, parseOptions } from '../cli/args.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -82,41 +83,51 @@ export function fmtTime(ns: number | undefined): string {
 export const CASES = ['handoff', 'pooled', 'fullread', 'memory', 'inprocess', 'views'] as const;
 export type CaseName = (typeof CASES)[number];
 
-const USAGE = `usage: npm run bench -- [--quick] [--sizes 4K,1M,1G] [--reps N] [--only ${CASES.join('|')}[,...]] [--frames N] [--out DIR]`;
+export const USAGE = `usage: npm run bench -- [--quick] [--sizes 4K,1M,1G] [--reps N] [--only ${CASES.join('|')}[,...]] [--frames N] [--out DIR]
 
-export function parseArgs(argv: string[]): Options {
-  const o: Options = { quick: false, sizes: FULL_SIZES, reps: 7, only: [], out: path.join(root, 'bench', 'results'), frames: 3000, repsGiven: false };
-  let sizesGiven = false;
-  let framesGiven = false;
-  let outGiven = false;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const [flag, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
-    const value = (): string => {
-      const v = inline ?? argv[++i];
-      if (v === undefined) throw new Error(`${flag} needs a value\n${USAGE}`);
-      return v;
-    };
-    switch (flag) {
-      case '--quick': o.quick = true; break;
-      case '--sizes': o.sizes = value().split(',').filter(Boolean).map(parseSize).sort((a, b) => a - b); sizesGiven = true; break;
-      case '--reps': o.reps = Math.max(1, Number.parseInt(value(), 10)); o.repsGiven = true; break;
-      case '--only': o.only = value().split(',').filter(Boolean); break;
-      case '--frames': o.frames = Math.max(10, Number.parseInt(value(), 10)); framesGiven = true; break;
-      case '--out': o.out = path.resolve(value()); outGiven = true; break;
-      case '-h': case '--help': console.log(USAGE); process.exit(0); break;
-      default: throw new Error(`unknown argument "${a}"\n${USAGE}`);
-    }
+  --quick        a short run: sizes ${QUICK_SIZES.map(fmtSize).join(', ')}, 3 repetitions, 300 frames, written to
+                 bench/results/tmp (ignored by git) unless --out says otherwise
+  --sizes LIST   buffer sizes, comma-separated: 4K, 64KiB, 1M, 1G, 4096 (default ${FULL_SIZES.map(fmtSize).join(', ')})
+  --reps N       repetitions of each size (default 7; fewer for 256 MiB and up unless given)
+  --only LIST    the cases to run, comma-separated (default all)
+  --frames N     frames per mode in the pooled case, at least 10 (default 3000)
+  --out DIR      where the reports go (default bench/results)
+  -h, --help     this text`;
+
+/**
+ * Parses the benchmarks' command line (the `cli/args.ts` convention); `null` for `--help`.
+ *
+ * @throws {UsageError} for an unknown option or case, a stray argument, a bad size or number.
+ */
+export function parseArgs(argv: string[]): Options | null {
+  const v = parseOptions(argv, {
+    quick: { type: 'boolean' }, sizes: { type: 'string' }, reps: { type: 'string' }, only: { type: 'string' },
+    frames: { type: 'string' }, out: { type: 'string' },
+  });
+  if (v.help) return null;
+  const quick = v.quick === true;
+  const list = (s: string | undefined): string[] | undefined => s?.split(',').map((x) => x.trim()).filter(Boolean);
+  let sizes: number[] | undefined;
+  try {
+    sizes = list(v.sizes)?.map(parseSize).sort((a, b) => a - b);
+  } catch (err) {
+    throw new UsageError(`--sizes: ${(err as Error).message}`);
   }
-  for (const c of o.only) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case "${c}"\n${USAGE}`);
-  if (o.quick) {
+  if (sizes !== undefined && sizes.length === 0) throw new UsageError('--sizes needs at least one size');
+  const only = list(v.only) ?? [];
+  for (const c of only) if (!(CASES as readonly string[]).includes(c)) throw new UsageError(`unknown case "${c}" (cases: ${CASES.join(', ')})`);
+  const reps = integerOption(v.reps, 'reps');
+  const frames = integerOption(v.frames, 'frames', 10);
+  return {
+    quick,
+    sizes: sizes ?? (quick ? QUICK_SIZES : FULL_SIZES),
+    reps: reps ?? (quick ? 3 : 7),
+    only,
     // Quick runs are for checking, not for committing: they go to an ignored folder.
-    if (!outGiven) o.out = path.join(root, 'bench', 'results', 'tmp');
-    if (!sizesGiven) o.sizes = QUICK_SIZES;
-    if (!o.repsGiven) o.reps = 3;
-    if (!framesGiven) o.frames = 300;
-  }
-  return o;
+    out: v.out !== undefined ? path.resolve(v.out) : path.join(root, 'bench', 'results', ...(quick ? ['tmp'] : [])),
+    frames: frames ?? (quick ? 300 : 3000),
+    repsGiven: reps !== undefined,
+  };
 }
 
 /** Repetitions for one size: --reps everywhere when given, else fewer for the largest sizes. */

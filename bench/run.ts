@@ -11,16 +11,18 @@ import { memory } from './cases/memory.js';
 import { inprocess } from './cases/inprocess.js';
 import { views } from './cases/views.js';
 import os from 'node:os';
-import { machine, now, parseArgs, runCases, since, type Context } from './harness.js';
+import { USAGE, machine, now, parseArgs, runCases, since, type Context, type Options } from './harness.js';
 import { markdown, writeReport } from './report.js';
+import { runCommand } from '../cli/args.js';
 
-let options;
-try {
-  options = parseArgs(process.argv.slice(2));
-} catch (err) {
-  console.error((err as Error).message);
-  process.exit(2);
-}
+const parsed: { options: Options | null } = { options: null };
+const code = await runCommand('bench', USAGE, () => {
+  parsed.options = parseArgs(process.argv.slice(2));
+  if (parsed.options === null) console.log(USAGE);
+  return 0;
+});
+if (code !== 0 || parsed.options === null) process.exit(code);
+const options = parsed.options;
 const m = machine();
 const startedAt = new Date();
 const t0 = now();

@@ -37,7 +37,7 @@ async function run(mode: 'zero-copy' | 'copy', fds: number[], send: Send, onMess
       native.close(fd); // not fs.closeSync: a worker thread warns about descriptors fs did not open
       const att = await buf.attach(device);
       const sgt: SgTable = await att.map('to-device');
-      views.push(sgt.segments[0]!.view!);
+      views.push(sgt.views()[0]!);
       cleanup.push(async () => { await att.detach(); buf.put(); });
     }
   }

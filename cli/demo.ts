@@ -12,6 +12,7 @@ import { closeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { CpuDevice, systemHeap, type DmaBuf, type SgTable } from '../src/index.js';
+import { integerOption, parseOptions, positiveNumberOption, type Command } from './args.js';
 import { checksum, paint } from './checksum.js';
 import type { AckMsg, FrameMsg } from './demo-consumer.js';
 
@@ -90,7 +91,7 @@ async function pipeline(mode: 'zero-copy' | 'copy', o: Required<Omit<DemoOptions
       const buf = systemHeap.allocate(o.frameSize, { name: `demo-frame-${i}` });
       const att = await buf.attach(new CpuDevice({ name: 'producer' }));
       const sgt: SgTable = await att.map('bidirectional');
-      frames.push({ buf, view: sgt.segments[0]!.view!, busy: 0 });
+      frames.push({ buf, view: sgt.views()[0]!, busy: 0 });
       fdsForChild.push(buf.fd({ cloexec: false }));
       fdsForWorker.push(buf.fd());
       cleanup.push(async () => { await att.detach(); buf.put(); });
@@ -177,3 +178,36 @@ export async function demo(options: DemoOptions = {}): Promise<PipelineResult[]>
   if (zero.failures + copy.failures > 0) throw new Error(`${zero.failures + copy.failures} frames failed their checksum`);
   return rows;
 }
+
+/** `dmabuf demo`: its command line. */
+export const demoCommand: Command = {
+  name: 'demo',
+  synopsis: '[--frame-size BYTES] [--seconds S] [--pool N]',
+  summary: 'frames to a worker and a child process, zero-copy vs copies',
+  usage: `usage: dmabuf demo [--frame-size BYTES] [--seconds S] [--pool N]
+
+A producer exports a pool of frames from the system heap; a worker thread and a child
+process import them zero-copy and verify each frame's checksum in place. Then the same
+frames go through worker postMessage and child_process.send, and a table compares them.
+
+  --frame-size BYTES  bytes per frame (default ${1920 * 1080 * 4}: 1920 x 1080 x 4)
+  --seconds S         seconds each pipeline runs, fractions allowed (default 4)
+  --pool N            frames in the zero-copy pool (default 4)
+  -h, --help          this text`,
+  async run(argv) {
+    const v = parseOptions(argv, { 'frame-size': { type: 'string' }, seconds: { type: 'string' }, pool: { type: 'string' } });
+    if (v.help) {
+      console.log(this.usage);
+      return 0;
+    }
+    const options: DemoOptions = {};
+    const frameSize = integerOption(v['frame-size'], 'frame-size');
+    const seconds = positiveNumberOption(v.seconds, 'seconds');
+    const pool = integerOption(v.pool, 'pool');
+    if (frameSize !== undefined) options.frameSize = frameSize;
+    if (seconds !== undefined) options.seconds = seconds;
+    if (pool !== undefined) options.pool = pool;
+    await demo(options);
+    return 0;
+  },
+};

@@ -1,67 +1,57 @@
 #!/usr/bin/env node
 /**
- * The `dmabuf` command: `dmabuf demo` runs the demo; `dmabuf help` lists the commands.
+ * The `dmabuf` command: `dmabuf <command> [options]`. Each command takes `--help`; usage
+ * mistakes exit with 2 (see `cli/args.ts` for the convention), failures with 1.
  */
-import { demo } from './demo.js';
-import { tour } from './tour.js';
-import { DmaBufError } from '../src/index.js';
+import { readFileSync } from 'node:fs';
+import { demoCommand } from './demo.js';
+import { tourCommand } from './tour.js';
+import { infoCommand } from './info.js';
+import { UsageError, parseOptions, runCommand, type Command } from './args.js';
 
-const usage = `usage: dmabuf <command>
+const commands: readonly Command[] = [demoCommand, tourCommand, infoCommand];
+
+function usage(): string {
+  const width = Math.max(...commands.map((c) => c.name.length));
+  const lines = commands.flatMap((c) => [
+    `  ${c.name.padEnd(width)}  ${c.synopsis}`,
+    `  ${' '.repeat(width)}    ${c.summary}`,
+  ]);
+  return `usage: dmabuf <command> [options]
+       dmabuf --help | --version
 
 commands:
-  demo [--frame-size BYTES] [--seconds S] [--pool N]
-                        frames to a worker and a child process, zero-copy vs copies
-  tour [--size BYTES]   one buffer, step by step: export, fd, get, attach, map, share, release
-  info [--pid PID] [--json | --csv]
-                        list the buffers on this machine (this project's and the kernel's)
-  help                  this text`;
+${lines.join('\n')}
+  ${'help'.padEnd(width)}  [COMMAND]
+  ${' '.repeat(width)}    this text, or a command's
 
-async function main(argv: string[]): Promise<number> {
-  const [cmd, ...rest] = argv;
-  switch (cmd) {
-    case 'demo': {
-      const opts: { frameSize?: number; seconds?: number; pool?: number } = {};
-      for (let i = 0; i < rest.length; i++) {
-        const flag = rest[i];
-        const value = Number(rest[++i]);
-        const key = flag === '--frame-size' ? 'frameSize' : flag === '--seconds' ? 'seconds' : flag === '--pool' ? 'pool' : null;
-        if (!key || !(value > 0) || (key !== 'seconds' && !Number.isSafeInteger(value))) {
-          console.error(`dmabuf demo: bad option ${flag ?? ''} ${rest[i] ?? ''}\n${usage}`);
-          return 2;
-        }
-        opts[key] = value;
-      }
-      await demo(opts);
-      return 0;
-    }
-    case 'tour': {
-      let size: number | undefined;
-      for (let i = 0; i < rest.length; i++) {
-        if (rest[i] === '--size') size = Number(rest[++i]);
-        else { console.error(`dmabuf tour: unknown option ${rest[i]}\n${usage}`); return 2; }
-      }
-      if (size !== undefined && (!Number.isSafeInteger(size) || size <= 0)) {
-        console.error('dmabuf tour: --size must be a positive integer');
-        return 2;
-      }
-      await tour(size === undefined ? {} : { size });
-      return 0;
-    }
-    case 'info': { // dmabuf info (cli/info.ts)
-      const { info } = await import('./info.js');
-      return info(rest);
-    }
-    case 'help': case '--help': case '-h': case undefined:
-      console.log(usage);
-      return cmd === undefined ? 2 : 0;
-    default:
-      console.error(`dmabuf: unknown command ${cmd}\n${usage}`);
-      return 2;
-  }
+Every command takes --help. Options take their value as --name VALUE or --name=VALUE.`;
 }
 
-main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {
-  if (err instanceof DmaBufError) console.error(`dmabuf: ${err.message} (${err.code})`);
-  else console.error(err);
-  process.exitCode = 1;
-});
+/** The package's version, from its package.json (dist/cli -> the package root). */
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [first, ...rest] = argv;
+  const command = commands.find((c) => c.name === first);
+  if (command) return runCommand(`dmabuf ${command.name}`, command.usage, () => command.run(rest));
+  return runCommand('dmabuf', usage(), () => {
+    if (first === undefined) throw new UsageError('a command is needed');
+    if (first === 'help') {
+      const topic = rest[0] === undefined ? undefined : commands.find((c) => c.name === rest[0]);
+      if (rest.length > 1 || (rest[0] !== undefined && !topic)) throw new UsageError(`help: no command ${JSON.stringify(rest.join(' '))}`);
+      console.log(topic ? topic.usage : usage());
+      return 0;
+    }
+    if (!first.startsWith('-')) throw new UsageError(`unknown command ${JSON.stringify(first)}`);
+    const v = parseOptions(argv, { version: { type: 'boolean' } }, [['version', 'help']]);
+    if (v.version) console.log(version());
+    else console.log(usage());
+    return 0;
+  });
+}
+
+process.exitCode = await main(process.argv.slice(2));

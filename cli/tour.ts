@@ -6,6 +6,7 @@
  */
 import { closeSync } from 'node:fs';
 import { CpuDevice, DmaBuf, systemHeap } from '../src/index.js';
+import { integerOption, parseOptions, type Command } from './args.js';
 
 function fmtBytes(n: number): string {
   return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`;
@@ -37,13 +38,14 @@ export async function tour(options: { size?: number; log?: (line: string) => voi
   const storage = systemHeap.storage(buf);
   log(`5. map     writer: ${wt.nents} segment(s); reader: ${rt.nents} segment(s) of at most 1 MiB; storage now allocated: ${fmtBytes(storage.size)} memfd, ${storage.pageSize}-byte pages (${Number(t1 - t0) / 1000} µs)`);
 
-  const wv = wt.segments[0]!.view!;
+  const wv = wt.views()[0]!;
   const message = Buffer.from('hello from the writer, zero copies');
   wv.set(message, 0);
   wv[size - 1] = 0x42;
-  const last = rt.segments[rt.nents - 1]!;
-  const seen = Buffer.from(rt.segments[0]!.view!.subarray(0, message.length)).toString();
-  log(`6. share   writer wrote ${message.length} bytes at offset 0 and one at ${size - 1}; reader reads "${seen}" and 0x${last.view![last.length - 1]!.toString(16)} (same memory: ${wt.segments[0]!.address!.toString(16)} vs ${rt.segments[0]!.address!.toString(16)} are two mappings of it)`);
+  const rv = rt.views();
+  const last = rv[rv.length - 1]!;
+  const seen = Buffer.from(rv[0]!.subarray(0, message.length)).toString();
+  log(`6. share   writer wrote ${message.length} bytes at offset 0 and one at ${size - 1}; reader reads "${seen}" and 0x${last[last.length - 1]!.toString(16)} (same memory: ${wt.segments[0]!.address!.toString(16)} vs ${rt.segments[0]!.address!.toString(16)} are two mappings of it)`);
 
   await writer.unmap(wt);
   await reader.unmap(rt);
@@ -55,3 +57,27 @@ export async function tour(options: { size?: number; log?: (line: string) => voi
   exported.put();
   log(`8. release every reference put and every descriptor closed: released=${exported.released}, storage allocated=${systemHeap.storage(exported).allocated}`);
 }
+
+/** `dmabuf tour`: its command line. */
+export const tourCommand: Command = {
+  name: 'tour',
+  synopsis: '[--size BYTES]',
+  summary: 'one buffer, step by step: export, fd, get, attach, map, share, release',
+  usage: `usage: dmabuf tour [--size BYTES]
+
+One buffer, step by step, in one process: export, fd, get, attach, map, a write seen
+through another device's view, unmap, detach, put and release.
+
+  --size BYTES  the buffer's size (default ${16 * 1024 * 1024}: 16 MiB)
+  -h, --help    this text`,
+  async run(argv) {
+    const v = parseOptions(argv, { size: { type: 'string' } });
+    if (v.help) {
+      console.log(this.usage);
+      return 0;
+    }
+    const size = integerOption(v.size, 'size');
+    await tour(size === undefined ? {} : { size });
+    return 0;
+  },
+};

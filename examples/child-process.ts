@@ -22,7 +22,7 @@ async function parent(): Promise<void> {
   const frame = systemHeap.allocate(SIZE, { name: 'input-frame' });
   const writer = await frame.attach(new CpuDevice({ name: 'parent-writer' }));
   const w = await writer.map('bidirectional');
-  for (const seg of w.segments) seg.view!.fill(0x0f);
+  for (const view of w.views()) view.fill(0x0f);
   await writer.unmap(w);
   await writer.detach();
 
@@ -34,11 +34,12 @@ async function parent(): Promise<void> {
   closeSync(frameFd);
   closeSync(theirs);
 
+  // channel.peer names the child from its first message on (before it, only the pair's creator).
   const { buffer: result, meta } = await channel.receive({ signal: AbortSignal.timeout(30_000) });
   const reader = await result.attach(new CpuDevice({ name: 'parent-reader' }));
   const r = await reader.map('to-device');
-  const ok = r.segments.every((seg) => seg.view!.every((b) => b === 0xf0));
-  console.log(`[parent] result "${result.name}" (${result.size} bytes) from pid ${channel.peer.pid}: ${JSON.stringify(meta)}, contents ${ok ? 'inverted as expected' : 'WRONG'}`);
+  const ok = r.views().every((view) => view.every((b) => b === 0xf0));
+  console.log(`[parent] pid ${process.pid}: result "${result.name}" (${result.size} bytes) from pid ${channel.peer.pid}: ${JSON.stringify(meta)}, contents ${ok ? 'inverted as expected' : 'WRONG'}`);
   await reader.unmap(r);
   await reader.detach();
   result.put();
@@ -62,16 +63,16 @@ async function child(): Promise<void> {
   const writer = await output.attach(new CpuDevice({ name: 'child-writer' }));
   const dst = await writer.map('bidirectional');
   // Both tables cover the buffer in order; copy across segment boundaries, inverting.
+  const out = dst.views();
   let d = 0;
   let dOff = 0;
-  for (const seg of src.segments) {
-    const view = seg.view!;
-    for (let i = 0; i < view.length; i++) {
-      while (dOff >= dst.segments[d]!.length) {
+  for (const view of src.views()) {
+    for (const byte of view) {
+      while (dOff >= out[d]!.length) {
         d++;
         dOff = 0;
       }
-      dst.segments[d]!.view![dOff++] = ~view[i]! & 0xff;
+      out[d]![dOff++] = ~byte & 0xff;
     }
   }
   await writer.unmap(dst);
@@ -82,7 +83,7 @@ async function child(): Promise<void> {
 
   await channel.send(output, { op: 'invert', from: input.name });
   output.put();
-  console.log('[child] sent the inverted frame');
+  console.log(`[child] pid ${process.pid} sent the inverted frame to pid ${channel.peer.pid}`);
 
   // We export the result: stay until the parent hangs up.
   try {

@@ -41,7 +41,7 @@ async function server(): Promise<void> {
     const frame = systemHeap.allocate(FRAME_SIZE, { name: `frame-${index}` });
     const producer = await frame.attach(new CpuDevice({ name: 'producer' }));
     const sgt = await producer.map('bidirectional');
-    for (const seg of sgt.segments) seg.view!.fill(index + 1);
+    for (const view of sgt.views()) view.fill(index + 1);
     await producer.unmap(sgt);
     await producer.detach();
 
@@ -70,7 +70,7 @@ async function client(address: string): Promise<void> {
     const { index, fill, last } = meta as FrameMeta;
     const attachment = await buffer.attach(device);
     const sgt = await attachment.map('to-device');
-    const ok = sgt.segments.every((seg) => seg.view!.every((b) => b === fill));
+    const ok = sgt.views().every((view) => view.every((b) => b === fill));
     console.log(`[client] frame ${index}: "${buffer.name}", ${buffer.size} bytes, contents ${ok ? 'as sent' : 'WRONG'}`);
     await attachment.unmap(sgt);
     await attachment.detach();

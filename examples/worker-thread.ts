@@ -30,7 +30,7 @@ async function main(): Promise<void> {
     const frame = systemHeap.allocate(SIZE, { name: `frame-${index}` });
     const writer = await frame.attach(new CpuDevice({ name: 'main' }));
     const sgt = await writer.map('bidirectional');
-    for (const seg of sgt.segments) seg.view!.fill(index + 1);
+    for (const view of sgt.views()) view.fill(index + 1);
     await writer.unmap(sgt);
     await writer.detach();
 
@@ -59,7 +59,7 @@ function workerThread(): void {
       const attachment = await buffer.attach(device);
       const sgt = await attachment.map('to-device');
       let sum = 0;
-      for (const seg of sgt.segments) for (const b of seg.view!) sum += b;
+      for (const view of sgt.views()) for (const b of view) sum += b;
       await attachment.unmap(sgt);
       await attachment.detach();
       port.postMessage({ index: (meta as { index: number }).index, sum } satisfies Reply);

@@ -35,6 +35,7 @@
 #include "diag.h"
 #include "views.h"
 #include <poll.h>
+#include "kernel_binding.h"
 
 /* Newer than the C library's headers on some systems (values from the kernel's uapi). */
 #ifndef MFD_HUGE_2MB
@@ -607,6 +608,16 @@ static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+static napi_value js_set_passcred(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, on;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_bool(env, argv[1], "on", &on) != 0) return NULL;
+  int r = sys_set_passcred(fd, on);
+  if (r < 0) return throw_errno(env, "setsockopt", -r);
+  return NULL;
+}
+
 static napi_value js_socketpair(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t type;
@@ -719,28 +730,6 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
   return number(env, (double)r);
 }
 
-/* obj.cred = { pid, uid, gid }, or null when `cred` is NULL. Returns 0, or -1 (thrown). */
-static int set_cred(napi_env env, napi_value obj, const struct sys_ucred *cred) {
-  napi_value v;
-  if (cred == NULL) {
-    if (napi_get_null(env, &v) != napi_ok) {
-      throw_napi(env);
-      return -1;
-    }
-  } else if (napi_create_object(env, &v) != napi_ok) {
-    throw_napi(env);
-    return -1;
-  } else if (set_number(env, v, "pid", cred->pid) != 0 || set_number(env, v, "uid", cred->uid) != 0 ||
-             set_number(env, v, "gid", cred->gid) != 0) {
-    return -1;
-  }
-  if (napi_set_named_property(env, obj, "cred", v) != napi_ok) {
-    throw_napi(env);
-    return -1;
-  }
-  return 0;
-}
-
 static void close_all(const int *fds, size_t n) {
   for (size_t i = 0; i < n; i++) sys_close(fds[i]);
 }
@@ -764,11 +753,10 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   int fds[SYS_SCM_MAX_FD];
   size_t nfds = 0;
   int msg_flags = 0;
-  /* An optional sixth argument, true: also return the sender's SCM_CREDENTIALS as `cred`. */
-  int want_cred = arg_soft_eagain(env, argv[5]), has_cred = 0;
-  struct sys_ucred cred = {0, 0, 0};
+  int want_cred = arg_soft_eagain(env, argv[5]); /* the same "is it true" test */
+  sys_cred cred;
   ssize_t r = sys_recvmsg_cred(fd, buf, (size_t)max_bytes, fds, (size_t)max_fds, &nfds,
-                               (int)flags, &msg_flags, want_cred ? &cred : NULL, &has_cred);
+                               (int)flags, &msg_flags, want_cred ? &cred : NULL);
   if (r < 0) {
     free(buf);
     if (r == -EAGAIN && arg_soft_eagain(env, argv[4])) {
@@ -793,7 +781,12 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   ok = ok && napi_set_named_property(env, obj, "data", data) == napi_ok &&
        napi_set_named_property(env, obj, "fds", arr) == napi_ok &&
        napi_set_named_property(env, obj, "flags", flags_v) == napi_ok;
-  if (ok && want_cred) ok = set_cred(env, obj, has_cred ? &cred : NULL) == 0;
+  if (ok && want_cred && cred.pid != 0) {
+    napi_value c;
+    ok = napi_create_object(env, &c) == napi_ok && set_number(env, c, "pid", cred.pid) == 0 &&
+         set_number(env, c, "uid", cred.uid) == 0 && set_number(env, c, "gid", cred.gid) == 0 &&
+         napi_set_named_property(env, obj, "cred", c) == napi_ok;
+  }
   free(buf);
   if (!ok) {
     throw_napi(env);
@@ -1485,14 +1478,6 @@ static napi_value js_shutdown(napi_env env, napi_callback_info info) {
   return void_result(env, "shutdown", sys_shutdown(fd, (int)how));
 }
 
-static napi_value js_set_passcred(napi_env env, napi_callback_info info) {
-  ARGS(2);
-  int fd, on;
-  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
-  if (arg_bool(env, argv[1], "on", &on) != 0) return NULL;
-  return void_result(env, "setsockopt", sys_set_passcred(fd, on));
-}
-
 static napi_value js_peer_pidfd(napi_env env, napi_callback_info info) {
   ARGS(1);
   int fd;
@@ -1735,6 +1720,7 @@ NAPI_MODULE_INIT() {
       FN("setNonblock", js_set_nonblock),
       FN("socketInfo", js_socket_info),
       FN("peerCred", js_peer_cred),
+      FN("setPassCred", js_set_passcred),
       FN("socketpair", js_socketpair),
       FN("socket", js_socket),
       FN("bind", js_bind),
@@ -1766,10 +1752,10 @@ NAPI_MODULE_INIT() {
       FN("hupWatch", js_hup_watch),
       FN("hupWatchTake", js_hup_watch_take),
       FN("shutdown", js_shutdown),
-      FN("setPasscred", js_set_passcred),
       FN("peerPidfd", js_peer_pidfd),
       {"constants", NULL, NULL, NULL, NULL, constants, napi_enumerable, NULL},
   };
   NAPI(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
+  if (kernel_binding_init(env, exports) != 0) return NULL;
   return exports;
 }

@@ -120,12 +120,6 @@ int sys_shutdown(int fd, int how) {
   return r == -1 ? -errno : 0;
 }
 
-int sys_set_passcred(int fd, int on) {
-  int v = on ? 1 : 0;
-  RETRY(int, r, setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &v, sizeof(v)));
-  return r == -1 ? -errno : 0;
-}
-
 int sys_peer_pidfd(int fd) {
   int pidfd = -1;
   socklen_t len = sizeof(pidfd);
@@ -133,67 +127,4 @@ int sys_peer_pidfd(int fd) {
   if (r == -1) return -errno;
   /* The kernel makes it close-on-exec (O_CLOEXEC) already. */
   return pidfd;
-}
-
-ssize_t sys_recvmsg_cred(int fd, void *data, size_t cap, int *fds, size_t max_fds, size_t *nfds,
-                         int flags, int *msg_flags, struct sys_ucred *cred, int *has_cred) {
-  if (max_fds > SYS_SCM_MAX_FD) max_fds = SYS_SCM_MAX_FD;
-  union {
-    char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(SYS_SCM_MAX_FD * sizeof(int))];
-    struct cmsghdr align;
-  } control;
-  char dummy;
-  struct iovec iov = {.iov_base = cap > 0 ? data : &dummy, .iov_len = cap};
-  struct msghdr msg;
-  memset(&msg, 0, sizeof(msg));
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  /* Room for the credentials comes first: the kernel writes them before the descriptors. */
-  size_t room = (cred != NULL ? CMSG_SPACE(sizeof(struct ucred)) : 0) +
-                (max_fds > 0 ? CMSG_SPACE(max_fds * sizeof(int)) : 0);
-  if (room > 0) {
-    msg.msg_control = control.buf;
-    msg.msg_controllen = room;
-  }
-  *nfds = 0;
-  *msg_flags = 0;
-  if (has_cred != NULL) *has_cred = 0;
-  RETRY(ssize_t, r, recvmsg(fd, &msg, flags | MSG_CMSG_CLOEXEC));
-  if (r == -1) return -errno;
-  /*
-   * Collect every SCM_RIGHTS descriptor. CMSG_SPACE rounds up, so the kernel may deliver
-   * more than max_fds; those (and any other surplus) are closed here, never leaked.
-   */
-  size_t kept = 0;
-  if (room > 0) {
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_len < CMSG_LEN(0)) continue;
-      if (c->cmsg_type == SCM_CREDENTIALS && cred != NULL &&
-          c->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
-        struct ucred u;
-        memcpy(&u, CMSG_DATA(c), sizeof(u));
-        cred->pid = (int32_t)u.pid;
-        cred->uid = (uint32_t)u.uid;
-        cred->gid = (uint32_t)u.gid;
-        if (has_cred != NULL) *has_cred = 1;
-        continue;
-      }
-      if (c->cmsg_type != SCM_RIGHTS) continue;
-      size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      const unsigned char *p = CMSG_DATA(c);
-      for (size_t i = 0; i < n; i++) {
-        int got;
-        memcpy(&got, p + i * sizeof(int), sizeof(int));
-        if (kept < max_fds) {
-          fds[kept++] = got;
-        } else {
-          sys_close(got);
-        }
-      }
-    }
-  }
-  *nfds = kept;
-  /* The kernel echoes MSG_CMSG_CLOEXEC (an input flag we added) in msg_flags; drop it. */
-  *msg_flags = msg.msg_flags & ~MSG_CMSG_CLOEXEC;
-  return r;
 }

@@ -1,7 +1,8 @@
 /*
- * diag.h - socket diagnostics and credentials: who holds the other end of a Unix socket, and
- * who sent a message. Same contract as sys.h: no Node-API, non-negative on success, -errno on
- * failure, retried on EINTR, descriptors created close-on-exec.
+ * diag.h - socket diagnostics: whether the other end of a Unix socket still exists, and which
+ * process is the peer (SO_PASSCRED and SCM_CREDENTIALS are in sys.h). Same contract as sys.h:
+ * no Node-API, non-negative on success, -errno on failure, retried on EINTR, descriptors
+ * created close-on-exec.
  */
 #ifndef DMABUF_DIAG_H
 #define DMABUF_DIAG_H
@@ -36,24 +37,7 @@ int sys_hup_watch_take(int epfd);
 /* shutdown(2) of a socket (`how` is SHUT_RD, SHUT_WR or SHUT_RDWR). */
 int sys_shutdown(int fd, int how);
 
-/* setsockopt SO_PASSCRED: every message received afterwards carries SCM_CREDENTIALS. */
-int sys_set_passcred(int fd, int on);
-
 /* getsockopt SO_PEERPIDFD (Linux 6.5): a pidfd of the process that connected the peer. */
 int sys_peer_pidfd(int fd);
-
-/* A message's sender as the kernel recorded it (SCM_CREDENTIALS), in this process's namespaces. */
-struct sys_ucred {
-  int32_t pid;
-  uint32_t uid;
-  uint32_t gid;
-};
-
-/*
- * sys_recvmsg (see sys.h), and when `cred` is not NULL also the message's SCM_CREDENTIALS:
- * *has_cred is 1 when the message carried them (the socket has SO_PASSCRED), else 0.
- */
-ssize_t sys_recvmsg_cred(int fd, void *data, size_t cap, int *fds, size_t max_fds, size_t *nfds,
-                         int flags, int *msg_flags, struct sys_ucred *cred, int *has_cred);
 
 #endif /* DMABUF_DIAG_H */

@@ -2,7 +2,6 @@
  * sys.c - see sys.h. Plain C over glibc; no Node-API here.
  */
 #include "sys.h"
-#include "diag.h"
 #include "retry.h"
 
 #include <poll.h>
@@ -234,7 +233,76 @@ ssize_t sys_sendmsg(int fd, const void *data, size_t length, const int *fds, siz
 
 ssize_t sys_recvmsg(int fd, void *data, size_t cap, int *fds, size_t max_fds, size_t *nfds,
                     int flags, int *msg_flags) {
-  return sys_recvmsg_cred(fd, data, cap, fds, max_fds, nfds, flags, msg_flags, NULL, NULL);
+  return sys_recvmsg_cred(fd, data, cap, fds, max_fds, nfds, flags, msg_flags, NULL);
+}
+
+ssize_t sys_recvmsg_cred(int fd, void *data, size_t cap, int *fds, size_t max_fds, size_t *nfds,
+                         int flags, int *msg_flags, sys_cred *cred) {
+  if (max_fds > SYS_SCM_MAX_FD) max_fds = SYS_SCM_MAX_FD;
+  union {
+    char buf[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(SYS_SCM_MAX_FD * sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  char dummy;
+  struct iovec iov = {.iov_base = cap > 0 ? data : &dummy, .iov_len = cap};
+  struct msghdr msg;
+  memset(&msg, 0, sizeof(msg));
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  /* The kernel writes the credentials first, then the descriptors (net/core/scm.c). */
+  size_t room = (cred != NULL ? CMSG_SPACE(sizeof(struct ucred)) : 0) +
+                (max_fds > 0 ? CMSG_SPACE(max_fds * sizeof(int)) : 0);
+  if (room > 0) {
+    msg.msg_control = control.buf;
+    msg.msg_controllen = room;
+  }
+  *nfds = 0;
+  *msg_flags = 0;
+  if (cred != NULL) memset(cred, 0, sizeof(*cred));
+  RETRY(ssize_t, r, recvmsg(fd, &msg, flags | MSG_CMSG_CLOEXEC));
+  if (r == -1) return -errno;
+  /*
+   * Collect every SCM_RIGHTS descriptor. CMSG_SPACE rounds up, so the kernel may deliver
+   * more than max_fds; those (and any other surplus) are closed here, never leaked.
+   */
+  size_t kept = 0;
+  if (room > 0) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET) continue;
+      if (c->cmsg_type == SCM_CREDENTIALS && cred != NULL &&
+          c->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
+        struct ucred u;
+        memcpy(&u, CMSG_DATA(c), sizeof(u));
+        cred->pid = (int32_t)u.pid;
+        cred->uid = (uint32_t)u.uid;
+        cred->gid = (uint32_t)u.gid;
+        continue;
+      }
+      if (c->cmsg_type != SCM_RIGHTS) continue;
+      if (c->cmsg_len < CMSG_LEN(0)) continue;
+      size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const unsigned char *p = CMSG_DATA(c);
+      for (size_t i = 0; i < n; i++) {
+        int got;
+        memcpy(&got, p + i * sizeof(int), sizeof(int));
+        if (kept < max_fds) {
+          fds[kept++] = got;
+        } else {
+          close(got);
+        }
+      }
+    }
+  }
+  *nfds = kept;
+  /* The kernel echoes MSG_CMSG_CLOEXEC (an input flag we added) in msg_flags; drop it. */
+  *msg_flags = msg.msg_flags & ~MSG_CMSG_CLOEXEC;
+  return r;
+}
+
+int sys_set_passcred(int fd, int on) {
+  int v = on ? 1 : 0;
+  RETRY(int, r, setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &v, sizeof(v)));
+  return r == -1 ? -errno : 0;
 }
 
 int sys_mmap(int fd, size_t length, int64_t offset, int prot, int flags, void **addr) {
@@ -295,14 +363,315 @@ int sys_pidfd_getfd(int pidfd, int targetfd) {
   return r == -1 ? -errno : (int)r;
 }
 
+/*
+ * The errno names, spelled out rather than taken from glibc's strerrorname_np (2.32 and
+ * later only, and absent from musl), so that one source builds for both C libraries.
+ */
 const char *sys_errname(int err, char *buf, size_t cap) {
-  const char *name = strerrorname_np(err);
-  if (name != NULL) return name;
+#define ERRNAME(e) \
+  case e:          \
+    return #e;
+  switch (err) {
+#ifdef EPERM
+    ERRNAME(EPERM)
+#endif
+#ifdef ENOENT
+    ERRNAME(ENOENT)
+#endif
+#ifdef ESRCH
+    ERRNAME(ESRCH)
+#endif
+#ifdef EINTR
+    ERRNAME(EINTR)
+#endif
+#ifdef EIO
+    ERRNAME(EIO)
+#endif
+#ifdef ENXIO
+    ERRNAME(ENXIO)
+#endif
+#ifdef E2BIG
+    ERRNAME(E2BIG)
+#endif
+#ifdef ENOEXEC
+    ERRNAME(ENOEXEC)
+#endif
+#ifdef EBADF
+    ERRNAME(EBADF)
+#endif
+#ifdef ECHILD
+    ERRNAME(ECHILD)
+#endif
+#ifdef EAGAIN
+    ERRNAME(EAGAIN)
+#endif
+#ifdef ENOMEM
+    ERRNAME(ENOMEM)
+#endif
+#ifdef EACCES
+    ERRNAME(EACCES)
+#endif
+#ifdef EFAULT
+    ERRNAME(EFAULT)
+#endif
+#ifdef ENOTBLK
+    ERRNAME(ENOTBLK)
+#endif
+#ifdef EBUSY
+    ERRNAME(EBUSY)
+#endif
+#ifdef EEXIST
+    ERRNAME(EEXIST)
+#endif
+#ifdef EXDEV
+    ERRNAME(EXDEV)
+#endif
+#ifdef ENODEV
+    ERRNAME(ENODEV)
+#endif
+#ifdef ENOTDIR
+    ERRNAME(ENOTDIR)
+#endif
+#ifdef EISDIR
+    ERRNAME(EISDIR)
+#endif
+#ifdef EINVAL
+    ERRNAME(EINVAL)
+#endif
+#ifdef ENFILE
+    ERRNAME(ENFILE)
+#endif
+#ifdef EMFILE
+    ERRNAME(EMFILE)
+#endif
+#ifdef ENOTTY
+    ERRNAME(ENOTTY)
+#endif
+#ifdef ETXTBSY
+    ERRNAME(ETXTBSY)
+#endif
+#ifdef EFBIG
+    ERRNAME(EFBIG)
+#endif
+#ifdef ENOSPC
+    ERRNAME(ENOSPC)
+#endif
+#ifdef ESPIPE
+    ERRNAME(ESPIPE)
+#endif
+#ifdef EROFS
+    ERRNAME(EROFS)
+#endif
+#ifdef EMLINK
+    ERRNAME(EMLINK)
+#endif
+#ifdef EPIPE
+    ERRNAME(EPIPE)
+#endif
+#ifdef EDOM
+    ERRNAME(EDOM)
+#endif
+#ifdef ERANGE
+    ERRNAME(ERANGE)
+#endif
+#ifdef EDEADLK
+    ERRNAME(EDEADLK)
+#endif
+#ifdef ENAMETOOLONG
+    ERRNAME(ENAMETOOLONG)
+#endif
+#ifdef ENOLCK
+    ERRNAME(ENOLCK)
+#endif
+#ifdef ENOSYS
+    ERRNAME(ENOSYS)
+#endif
+#ifdef ENOTEMPTY
+    ERRNAME(ENOTEMPTY)
+#endif
+#ifdef ELOOP
+    ERRNAME(ELOOP)
+#endif
+#ifdef ENOMSG
+    ERRNAME(ENOMSG)
+#endif
+#ifdef EIDRM
+    ERRNAME(EIDRM)
+#endif
+#ifdef ENOSTR
+    ERRNAME(ENOSTR)
+#endif
+#ifdef ENODATA
+    ERRNAME(ENODATA)
+#endif
+#ifdef ETIME
+    ERRNAME(ETIME)
+#endif
+#ifdef ENOSR
+    ERRNAME(ENOSR)
+#endif
+#ifdef EREMOTE
+    ERRNAME(EREMOTE)
+#endif
+#ifdef ENOLINK
+    ERRNAME(ENOLINK)
+#endif
+#ifdef EPROTO
+    ERRNAME(EPROTO)
+#endif
+#ifdef EMULTIHOP
+    ERRNAME(EMULTIHOP)
+#endif
+#ifdef EBADMSG
+    ERRNAME(EBADMSG)
+#endif
+#ifdef EOVERFLOW
+    ERRNAME(EOVERFLOW)
+#endif
+#ifdef EILSEQ
+    ERRNAME(EILSEQ)
+#endif
+#ifdef EUSERS
+    ERRNAME(EUSERS)
+#endif
+#ifdef ENOTSOCK
+    ERRNAME(ENOTSOCK)
+#endif
+#ifdef EDESTADDRREQ
+    ERRNAME(EDESTADDRREQ)
+#endif
+#ifdef EMSGSIZE
+    ERRNAME(EMSGSIZE)
+#endif
+#ifdef EPROTOTYPE
+    ERRNAME(EPROTOTYPE)
+#endif
+#ifdef ENOPROTOOPT
+    ERRNAME(ENOPROTOOPT)
+#endif
+#ifdef EPROTONOSUPPORT
+    ERRNAME(EPROTONOSUPPORT)
+#endif
+#ifdef ESOCKTNOSUPPORT
+    ERRNAME(ESOCKTNOSUPPORT)
+#endif
+#ifdef EOPNOTSUPP
+    ERRNAME(EOPNOTSUPP)
+#endif
+#ifdef EPFNOSUPPORT
+    ERRNAME(EPFNOSUPPORT)
+#endif
+#ifdef EAFNOSUPPORT
+    ERRNAME(EAFNOSUPPORT)
+#endif
+#ifdef EADDRINUSE
+    ERRNAME(EADDRINUSE)
+#endif
+#ifdef EADDRNOTAVAIL
+    ERRNAME(EADDRNOTAVAIL)
+#endif
+#ifdef ENETDOWN
+    ERRNAME(ENETDOWN)
+#endif
+#ifdef ENETUNREACH
+    ERRNAME(ENETUNREACH)
+#endif
+#ifdef ENETRESET
+    ERRNAME(ENETRESET)
+#endif
+#ifdef ECONNABORTED
+    ERRNAME(ECONNABORTED)
+#endif
+#ifdef ECONNRESET
+    ERRNAME(ECONNRESET)
+#endif
+#ifdef ENOBUFS
+    ERRNAME(ENOBUFS)
+#endif
+#ifdef EISCONN
+    ERRNAME(EISCONN)
+#endif
+#ifdef ENOTCONN
+    ERRNAME(ENOTCONN)
+#endif
+#ifdef ESHUTDOWN
+    ERRNAME(ESHUTDOWN)
+#endif
+#ifdef ETOOMANYREFS
+    ERRNAME(ETOOMANYREFS)
+#endif
+#ifdef ETIMEDOUT
+    ERRNAME(ETIMEDOUT)
+#endif
+#ifdef ECONNREFUSED
+    ERRNAME(ECONNREFUSED)
+#endif
+#ifdef EHOSTDOWN
+    ERRNAME(EHOSTDOWN)
+#endif
+#ifdef EHOSTUNREACH
+    ERRNAME(EHOSTUNREACH)
+#endif
+#ifdef EALREADY
+    ERRNAME(EALREADY)
+#endif
+#ifdef EINPROGRESS
+    ERRNAME(EINPROGRESS)
+#endif
+#ifdef ESTALE
+    ERRNAME(ESTALE)
+#endif
+#ifdef EDQUOT
+    ERRNAME(EDQUOT)
+#endif
+#ifdef ENOMEDIUM
+    ERRNAME(ENOMEDIUM)
+#endif
+#ifdef EMEDIUMTYPE
+    ERRNAME(EMEDIUMTYPE)
+#endif
+#ifdef ECANCELED
+    ERRNAME(ECANCELED)
+#endif
+#ifdef ENOKEY
+    ERRNAME(ENOKEY)
+#endif
+#ifdef EKEYEXPIRED
+    ERRNAME(EKEYEXPIRED)
+#endif
+#ifdef EKEYREVOKED
+    ERRNAME(EKEYREVOKED)
+#endif
+#ifdef EKEYREJECTED
+    ERRNAME(EKEYREJECTED)
+#endif
+#ifdef EOWNERDEAD
+    ERRNAME(EOWNERDEAD)
+#endif
+#ifdef ENOTRECOVERABLE
+    ERRNAME(ENOTRECOVERABLE)
+#endif
+#ifdef ERFKILL
+    ERRNAME(ERFKILL)
+#endif
+#ifdef EHWPOISON
+    ERRNAME(EHWPOISON)
+#endif
+    default:
+      break;
+  }
+#undef ERRNAME
   snprintf(buf, cap, "E%d", err);
   return buf;
 }
 
 const char *sys_strerror(int err, char *buf, size_t cap) {
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
   /* GNU strerror_r: returns a string that may or may not be buf. */
   return strerror_r(err, buf, cap);
+#else
+  /* XSI strerror_r (musl): fills buf. */
+  if (strerror_r(err, buf, cap) != 0) snprintf(buf, cap, "error %d", err);
+  return buf;
+#endif
 }

@@ -73,6 +73,20 @@ ssize_t sys_sendmsg(int fd, const void *data, size_t length, const int *fds, siz
  */
 ssize_t sys_recvmsg(int fd, void *data, size_t cap, int *fds, size_t max_fds, size_t *nfds,
                     int flags, int *msg_flags);
+/* The sender's credentials that a message carried (SCM_CREDENTIALS); pid 0 when none. */
+typedef struct {
+  int32_t pid;
+  uint32_t uid;
+  uint32_t gid;
+} sys_cred;
+/*
+ * sys_recvmsg, with room for SCM_CREDENTIALS as well: the kernel attaches them to every
+ * message while the receiving socket has SO_PASSCRED (see sys_set_passcred).
+ */
+ssize_t sys_recvmsg_cred(int fd, void *data, size_t cap, int *fds, size_t max_fds, size_t *nfds,
+                         int flags, int *msg_flags, sys_cred *cred);
+/* setsockopt(SO_PASSCRED): 1 makes the kernel attach the sender's credentials to messages. */
+int sys_set_passcred(int fd, int on);
 
 /* memory */
 int sys_mmap(int fd, size_t length, int64_t offset, int prot, int flags, void **addr);

@@ -10,7 +10,7 @@ export { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC } from './core/dma-buf.js';
 export type { ExportInfo, FdOptions, GetOptions, WaitOptions } from './core/dma-buf.js';
 export { DmaBufAttachment } from './core/attachment.js';
 export type { MapOptions } from './core/attachment.js';
-export type { DmaBufOps, OpContext } from './core/ops.js';
+export type { CpuAccess, DmaBufOps, OpContext } from './core/ops.js';
 export { SgTable } from './core/sg-table.js';
 export type { SgSegment } from './core/sg-table.js';
 export { Device, collateConstraints, planSegments, BASE_PAGE_SIZE, HUGE_PAGE_SIZE, DEFAULT_CONSTRAINTS } from './core/device.js';
@@ -35,3 +35,12 @@ export type { ChannelMessage } from './transport/channel-wire.js';
 export { setServiceLimits, serviceLimits, DEFAULT_SERVICE_LIMITS } from './remote/limits.js';
 export type { ServiceLimits } from './remote/limits.js';
 export { introspect, type Snapshot, type ExportedSnapshot, type ImportedSnapshot, type AttachmentSnapshot, type StorageSnapshot } from './remote/introspect.js'; // dmabuf info
+// Kernel dma-bufs (issue 10): loading src/kernel registers DmaBuf.get's importer of kernel descriptors.
+export { describeKernelDescriptor, isKernelBuffer, SyncFile, exportSyncFile, importSyncFile } from './kernel/index.js';
+export type { KernelDescriptorInfo, KernelBufferPriv, SyncFileStatus, SyncFileWaitOptions, FenceAccess } from './kernel/index.js';
+export { toKernelDmaBuf, udmabufSizeLimit, UDMABUF_PATH } from './heaps/udmabuf.js';
+export type { ToKernelOptions } from './heaps/udmabuf.js';
+export { DmaHeap, dmaHeap, dmaHeaps, DMA_HEAP_DIR } from './heaps/dma-heap.js';
+export { V4l2Capture } from './devices/v4l2/capture.js';
+export type { CaptureOptions, CaptureFormat, NextFrameOptions, V4l2Frame } from './devices/v4l2/capture.js';
+export { fourcc, fourccName } from './devices/v4l2/fourcc.js';

@@ -6,6 +6,7 @@
  */
 import { DmaBufError } from './errors.js';
 import type { MemoryObject } from './memory.js';
+import { SgTable } from './sg-table.js';
 
 /** What a device requires of the memory it maps. */
 export interface DeviceConstraints {
@@ -107,6 +108,33 @@ export function planSegments(size: number, c: DeviceConstraints): SegmentPlan | 
   const count = Math.ceil(size / chunk);
   if (count > c.maxSegments) return null;
   return { chunk, count };
+}
+
+/**
+ * The table of a map, for exporters' `mapDmaBuf`: `size` bytes cut as `plan` says, each
+ * segment with its address and view in `mapping` when the device gives them. Records the
+ * mapping behind the table in `mappings` (for `unmapDmaBuf`); releases it if this fails.
+ */
+export function tableOfMapping(size: number, plan: SegmentPlan, mapping: DeviceMapping, mappings: Map<SgTable, DeviceMapping>): SgTable {
+  try {
+    const segments = [];
+    for (let i = 0; i < plan.count; i++) {
+      const offset = i * plan.chunk;
+      const length = Math.min(plan.chunk, size - offset);
+      segments.push({
+        offset,
+        length,
+        ...(mapping.address !== undefined ? { address: mapping.address + BigInt(offset) } : {}),
+        ...(mapping.view ? { view: mapping.view(offset, length) } : {}),
+      });
+    }
+    const sgt = new SgTable(segments);
+    mappings.set(sgt, mapping);
+    return sgt;
+  } catch (err) {
+    mapping.release();
+    throw err;
+  }
 }
 
 /** How a device will access mapped memory. */

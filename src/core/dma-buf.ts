@@ -11,7 +11,7 @@ import { DmaBufAttachment, type AttachmentOwner } from './attachment.js';
 import { Device } from './device.js';
 import { checkMapDirection, isWritableDirection, type DmaDirection } from './direction.js';
 import { SgTable } from './sg-table.js';
-import type { DmaBufOps, OpContext } from './ops.js';
+import type { CpuAccess, DmaBufOps, OpContext } from './ops.js';
 import { kAttachRemote, kExportedHere, kMaps, kOnRelease, kSetDetached } from './internal.js';
 import { warnExperimental } from './experimental.js';
 import * as registry from './registry.js';
@@ -103,7 +103,7 @@ function checkExportInfo<Priv>(info: ExportInfo<Priv>): void {
   for (const m of ['mapDmaBuf', 'unmapDmaBuf', 'release'] as const) {
     if (typeof ops[m] !== 'function') fail(`ops.${m} is missing: it is mandatory`);
   }
-  for (const m of ['attach', 'detach', 'seal'] as const) {
+  for (const m of ['attach', 'detach', 'seal', 'beginCpuAccess', 'endCpuAccess', 'setName'] as const) {
     if (ops[m] !== undefined && typeof ops[m] !== 'function') fail(`ops.${m} must be a function when given`);
   }
   if (!Number.isSafeInteger(size) || size <= 0) fail(`size must be a positive safe integer, got ${String(size)}`);
@@ -260,7 +260,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
       return local;
     }
     for (const importer of hooks.importers) {
-      const imported = importer({ fd, stat: st, key, lookup: () => DmaBuf.#lookup(key) }, options ?? {}, prefetch);
+      const imported = await importer({ fd, stat: st, key, lookup: () => DmaBuf.#lookup(key) }, options ?? {}, prefetch);
       if (imported) return imported;
     }
     throw new DmaBufError('EINVAL', `${op}: descriptor ${fd} is ${describeFileType(st.mode)}, not a dma-buf`, { op });
@@ -481,6 +481,82 @@ export class DmaBuf<Priv = unknown> implements Disposable {
   }
 
   /**
+   * Renames the buffer through the exporter's `ops.setName`; a kernel dma-buf's name is set
+   * with `DMA_BUF_SET_NAME` and shows in `/proc/PID/fd`, fdinfo and `dmabuf info`.
+   *
+   * @throws {DmaBufError} `ENOTTY` when the exporter cannot rename its buffers; `EINVAL` after
+   *   put, for a name that is not a string or holds NUL, or one the exporter refuses (a kernel
+   *   dma-buf's name holds at most 31 bytes).
+   * @example
+   * ```ts
+   * buf.setName('camera-frame');
+   * ```
+   */
+  setName(name: string): void {
+    const op = 'setName';
+    this.#assertLive(op);
+    if (typeof name !== 'string' || name.includes('\0') || name.length > NAME_MAX) {
+      throw new DmaBufError('EINVAL', `${op}: name must be a string of at most ${NAME_MAX} characters without NUL`, { op });
+    }
+    const setName = this.ops.setName;
+    if (!setName) throw new DmaBufError('ENOTTY', `${op}: the exporter "${this.exporter}" cannot rename its buffers`, { op });
+    try {
+      setName.call(this.ops, this, name);
+    } catch (err) {
+      throw asOpError(err, op, 'ops.setName');
+    }
+    this.#name = name;
+  }
+
+  /**
+   * Begins CPU access (`DMA_BUF_IOCTL_SYNC` start, `dma_buf_begin_cpu_access`): waits, without
+   * blocking the event loop, for the fences CPU access of this kind must wait for, then lets
+   * the exporter make the memory coherent for the CPU. Pair it with {@link syncEnd}. A no-op
+   * for exporters without `ops.beginCpuAccess` (the system heap's memory is always coherent).
+   *
+   * @throws {DmaBufError} `EINVAL` after put or for an unknown access; `EINTR` when `signal`
+   *   aborts the wait; what the exporter's `beginCpuAccess` throws.
+   * @example
+   * ```ts
+   * await buf.syncStart('read');
+   * const sum = sgt.segments[0].view!.reduce((a, b) => a + b, 0);
+   * await buf.syncEnd('read');
+   * ```
+   */
+  async syncStart(access: CpuAccess, options: WaitOptions = {}): Promise<void> {
+    const op = 'syncStart';
+    this.#assertLive(op);
+    checkCpuAccess(op, access);
+    const begin = this.ops.beginCpuAccess;
+    if (!begin) return;
+    try {
+      await begin.call(this.ops, this, access, { signal: options?.signal });
+    } catch (err) {
+      throw asOpError(err, op, 'ops.beginCpuAccess');
+    }
+  }
+
+  /**
+   * Ends CPU access begun with {@link syncStart} (`DMA_BUF_IOCTL_SYNC` end): the exporter
+   * makes the CPU's writes visible to devices. A no-op without `ops.endCpuAccess`.
+   *
+   * @throws {DmaBufError} `EINVAL` after put or for an unknown access; what the exporter's
+   *   `endCpuAccess` throws.
+   */
+  async syncEnd(access: CpuAccess): Promise<void> {
+    const op = 'syncEnd';
+    this.#assertLive(op);
+    checkCpuAccess(op, access);
+    const end = this.ops.endCpuAccess;
+    if (!end) return;
+    try {
+      await end.call(this.ops, this, access);
+    } catch (err) {
+      throw asOpError(err, op, 'ops.endCpuAccess');
+    }
+  }
+
+  /**
    * For ops only, with the buffer's lock held: waits until no map (or, with `'writable'`, no
    * writable map) of any attachment is outstanding. The lock is released while waiting, so
    * unmaps proceed, and held again on return.
@@ -597,6 +673,12 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     } catch (err) {
       warnReleaseFailure(this, err);
     }
+  }
+}
+
+function checkCpuAccess(op: string, access: unknown): void {
+  if (access !== 'read' && access !== 'write' && access !== 'read-write') {
+    throw new DmaBufError('EINVAL', `${op}: access must be 'read', 'write' or 'read-write', got ${String(access)}`, { op });
   }
 }
 

@@ -28,6 +28,8 @@ export type DmaBufErrorCode =
   | 'EAGAIN'
   | 'EIO'
   | 'ERANGE'
+  | 'ENOTSUP'
+  | 'ETIMEDOUT'
   | 'ESHUTDOWN'
   | 'EFBIG'
   | (string & {});

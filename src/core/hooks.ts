@@ -15,6 +15,7 @@
 import type { DmaBuf, GetOptions } from './dma-buf.js';
 import type { Device } from './device.js';
 import type { DmaDirection } from './direction.js';
+import type { StatResult } from '../native/binding.js';
 
 /** An attach and a map the caller wants along with a get (`DmaBuf.getMapped`). */
 export interface Prefetch {
@@ -26,7 +27,7 @@ export interface Prefetch {
 export interface ForeignDescriptor {
   readonly fd: number;
   /** `fstat` of the descriptor. */
-  readonly stat: { readonly mode: number; readonly dev: bigint; readonly ino: bigint };
+  readonly stat: StatResult;
   /** `dev:ino`, the registry's key. */
   readonly key: string;
   /** The live buffer of this thread with this key, if one appeared meanwhile. */
@@ -38,7 +39,7 @@ export interface ForeignDescriptor {
  * not of its kind (the next importer is tried); throws a {@link DmaBufError} when it is of its
  * kind but the import fails.
  */
-export type DescriptorImporter = (desc: ForeignDescriptor, options: GetOptions, prefetch: Prefetch | undefined) => Promise<DmaBuf> | undefined;
+export type DescriptorImporter = (desc: ForeignDescriptor, options: GetOptions, prefetch: Prefetch | undefined) => Promise<DmaBuf | undefined> | DmaBuf | undefined;
 
 /** The hooks; see the module description. */
 export interface CoreHooks {

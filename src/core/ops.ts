@@ -9,6 +9,9 @@ import type { Device } from './device.js';
 import type { DmaDirection } from './direction.js';
 import type { SgTable } from './sg-table.js';
 
+/** What the CPU is about to do with a buffer's memory (`DMA_BUF_SYNC_READ`, `_WRITE`, `_RW`). */
+export type CpuAccess = 'read' | 'write' | 'read-write';
+
 /** Context of an op call. */
 export interface OpContext {
   /** Aborted when the caller gives up (map's `signal`); ops that wait should honour it. */
@@ -17,8 +20,10 @@ export interface OpContext {
 
 /**
  * The callbacks an exporter gives to {@link DmaBuf.export}. The core calls them and never
- * knows which exporter it holds. Every call of one buffer's ops (but `release`) is made with
- * the buffer's lock held: no two run interleaved, even when they await.
+ * knows which exporter it holds. Every call of one buffer's ops is made with the buffer's
+ * lock held (no two run interleaved, even when they await), but `release`, `beginCpuAccess`,
+ * `endCpuAccess` and `setName`: those touch no attachment, and a wait for fences must not
+ * hold up maps.
  */
 export interface DmaBufOps<Priv = unknown> {
   /**
@@ -70,4 +75,24 @@ export interface DmaBufOps<Priv = unknown> {
    * Throws: `EINTR` when `ctx.signal` aborts while waiting for writable maps to go.
    */
   seal?(buf: DmaBuf<Priv>, ctx: OpContext): Promise<void> | void;
+
+  /**
+   * Optional. Called by {@link DmaBuf.syncStart} (`begin_cpu_access`), without the lock (it
+   * may wait on fences for long): waits for the fences that CPU access of this kind must wait
+   * for, then makes the memory coherent for the CPU.
+   * Throws: `EINTR` when `ctx.signal` aborts the wait.
+   */
+  beginCpuAccess?(buf: DmaBuf<Priv>, access: CpuAccess, ctx: OpContext): Promise<void> | void;
+
+  /**
+   * Optional. Called by {@link DmaBuf.syncEnd} (`end_cpu_access`), without the lock: makes
+   * the CPU's writes visible to devices.
+   */
+  endCpuAccess?(buf: DmaBuf<Priv>, access: CpuAccess): Promise<void> | void;
+
+  /**
+   * Optional. Called by {@link DmaBuf.setName}, without the lock, before the buffer's `name`
+   * changes. Throws: `EINVAL` for a name the exporter refuses.
+   */
+  setName?(buf: DmaBuf<Priv>, name: string): void;
 }

@@ -93,4 +93,27 @@ export class SgTable {
     for (const s of this.segments) n += s.length;
     return n;
   }
+
+  /**
+   * The CPU views of the segments, in order: `views()[i]` is `segments[i].view`. For tables
+   * of a CPU device (`CpuDevice`), where every segment has a view; typed without the
+   * `undefined` that `segments[i].view` allows. After `unmap` the views are detached
+   * (`byteLength` 0).
+   *
+   * @throws {DmaBufError} `EINVAL` when a segment has no view (a table mapped for a device
+   *   that is not the CPU).
+   * @example
+   * ```ts
+   * const sgt = await attachment.map('bidirectional');
+   * for (const view of sgt.views()) view.fill(0x2a);
+   * ```
+   */
+  views(): Uint8Array[] {
+    return this.segments.map((s, i) => {
+      if (s.view === undefined) {
+        throw new DmaBufError('EINVAL', `SgTable.views: segment ${i} has no CPU view; only a map by a CPU device (CpuDevice) has views`, { op: 'SgTable.views' });
+      }
+      return s.view;
+    });
+  }
 }

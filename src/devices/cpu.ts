@@ -25,6 +25,11 @@ interface CachedMapping {
  *   mappings: a stray write through such a view never reaches the buffer and never crashes
  *   the process. Reads follow the buffer's later writes on every page the view has not
  *   itself written; a page it wrote stops following them.
+ * - Memory that can only be mapped shared (`memory.sharedOnly`: kernel dma-bufs, whose
+ *   exporters refuse private mappings) gets the cached shared mapping for reads too: a stray
+ *   write through a read view reaches the buffer. Memory sealed against writes (a read-only
+ *   kernel descriptor) is then mapped `PROT_READ`, and a write through its view kills the
+ *   process with `SIGSEGV`: JavaScript has no read-only `ArrayBuffer`.
  * - Unmap detaches the views first: a stale view has `byteLength` 0.
  *
  * @example
@@ -51,20 +56,21 @@ export class CpuDevice extends Device {
   mapMemory(request: MapMemoryRequest): DeviceMapping {
     const { memory, access } = request;
     const c = native.constants;
-    if (access === 'write') {
-      if (memory.writeSealed) {
+    if (access === 'write' || memory.sharedOnly) {
+      if (access === 'write' && memory.writeSealed) {
         throw new DmaBufError('EACCES', 'map: the memory is sealed against writes', { op: 'map' });
       }
       let entry = this.#cache.get(memory);
       if (!entry) {
-        const handle = mmapMemory(memory, c.MAP_SHARED);
+        const prot = memory.writeSealed ? c.PROT_READ : c.PROT_READ | c.PROT_WRITE;
+        const handle = mmapMemory(memory, prot, c.MAP_SHARED);
         const unregister = memory.onInvalidate(() => this.#drop(memory));
         entry = { handle, unregister };
         this.#cache.set(memory, entry);
       }
       return viewMapping(entry.handle, memory.size, false);
     }
-    const handle = mmapMemory(memory, c.MAP_PRIVATE);
+    const handle = mmapMemory(memory, c.PROT_READ | c.PROT_WRITE, c.MAP_PRIVATE);
     return viewMapping(handle, memory.size, true);
   }
 
@@ -77,11 +83,10 @@ export class CpuDevice extends Device {
   }
 }
 
-/** Maps the whole memory object, readable and writable; `ENOMEM` says which limit to look at. */
-function mmapMemory(memory: MemoryObject, flags: number): MappingHandle {
-  const c = native.constants;
+/** Maps the whole memory object; `ENOMEM` says which limit to look at. */
+function mmapMemory(memory: MemoryObject, prot: number, flags: number): MappingHandle {
   try {
-    return native.mmap(memory.fd, memory.size, 0, c.PROT_READ | c.PROT_WRITE, flags);
+    return native.mmap(memory.fd, memory.size, 0, prot, flags);
   } catch (err) {
     if (!DmaBufError.is(err, 'ENOMEM')) throw err;
     throw new DmaBufError('ENOMEM', `map: cannot map ${memory.size} bytes into this process: mmap found no room for them (the free address space, about 128 TiB on x86-64; RLIMIT_AS, "ulimit -v"; or vm.max_map_count). Unmap other buffers, raise the limit, or use a smaller buffer`, { op: 'map', syscall: 'mmap', errno: err.errno, cause: err });

@@ -9,10 +9,10 @@
 import { readFileSync } from 'node:fs';
 import { DmaBuf, O_RDONLY, O_RDWR, type ExportInfo } from '../core/dma-buf.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
-import { BASE_PAGE_SIZE, HUGE_PAGE_SIZE, collateConstraints, planSegments, type Device, type DeviceMapping } from '../core/device.js';
+import { BASE_PAGE_SIZE, HUGE_PAGE_SIZE, collateConstraints, planSegments, tableOfMapping, type Device, type DeviceMapping } from '../core/device.js';
 import { isWritableDirection, type DmaDirection } from '../core/direction.js';
 import { DmaBufError } from '../core/errors.js';
-import type { MemoryObject } from '../core/memory.js';
+import { Invalidations, type MemoryObject } from '../core/memory.js';
 import type { DmaBufOps, OpContext } from '../core/ops.js';
 import { SgTable } from '../core/sg-table.js';
 import { native, own, closeOwned } from '../native/binding.js';
@@ -36,7 +36,7 @@ class Storage implements MemoryObject {
   readonly size: number;
   readonly pageSize: number;
   writeSealed = false;
-  #drops = new Set<() => void>();
+  readonly #invalidations = new Invalidations();
 
   constructor(fd: number, size: number, pageSize: number) {
     this.fd = fd;
@@ -45,14 +45,12 @@ class Storage implements MemoryObject {
   }
 
   onInvalidate(drop: () => void): () => void {
-    this.#drops.add(drop);
-    return () => this.#drops.delete(drop);
+    return this.#invalidations.add(drop);
   }
 
   /** Makes every device drop its cached mappings of this storage. */
   invalidate(): void {
-    for (const drop of [...this.#drops]) drop();
-    this.#drops.clear();
+    this.#invalidations.run();
   }
 
   /** Invalidates and closes the memfd. */
@@ -161,8 +159,13 @@ function fileSizeLimit(): string {
 /** Writes the initial contents of a buffer into new storage (nothing to do without them). */
 function fillStorage(storage: Storage, contents: Uint8Array | null): void {
   if (!contents || contents.byteLength === 0) return;
+  writeContents(storage.fd, storage.size, contents);
+}
+
+/** Writes `contents` at the start of the `size` bytes of `fd` through a temporary shared mapping. */
+export function writeContents(fd: number, size: number, contents: Uint8Array): void {
   const c = native.constants;
-  const dst = native.mmap(storage.fd, storage.size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED);
+  const dst = native.mmap(fd, size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED);
   try {
     const view = native.mappingView(dst, 0, contents.byteLength);
     new Uint8Array(view).set(contents);
@@ -288,25 +291,7 @@ const systemOps: DmaBufOps<SystemBufferPriv> = {
     }
     const access = isWritableDirection(direction) && !storage.writeSealed ? 'write' : 'read';
     const mapping = await attachment.device.mapMemory({ memory: storage, access, signal: ctx.signal });
-    try {
-      const segments = [];
-      for (let i = 0; i < plan.count; i++) {
-        const offset = i * plan.chunk;
-        const length = Math.min(plan.chunk, buf.size - offset);
-        segments.push({
-          offset,
-          length,
-          ...(mapping.address !== undefined ? { address: mapping.address + BigInt(offset) } : {}),
-          ...(mapping.view ? { view: mapping.view(offset, length) } : {}),
-        });
-      }
-      const sgt = new SgTable(segments);
-      buf.priv.mappings.set(sgt, mapping);
-      return sgt;
-    } catch (err) {
-      mapping.release();
-      throw err;
-    }
+    return tableOfMapping(buf.size, plan, mapping, buf.priv.mappings);
   },
 
   unmapDmaBuf(attachment: DmaBufAttachment<SystemBufferPriv>, sgt: SgTable): void {

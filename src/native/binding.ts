@@ -1,6 +1,7 @@
 /**
- * The only module that loads the native addons (`build/Release/dmabuf.node` and, optionally,
- * `build/Release/dmabuf_views.node`).
+ * The only module that loads the native addons: `dmabuf.node` and, optionally,
+ * `dmabuf_views.node`, from a build from source or the prebuilt ones for this platform (see
+ * `addon.ts`).
  *
  * The addon is a thin layer of system-call wrappers written in C through Node-API. Each
  * wrapper throws, on failure, an `Error` with `code` (the errno name, e.g. `'EBADF'`),
@@ -18,10 +19,10 @@
  * @module
  */
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
 import { markAsUntransferable } from 'node:worker_threads';
 import { DmaBufError } from '../core/errors.js';
+import { addonPath, viewsAddonPath } from './addon.js';
+import type { KernelBinding } from './kernel-binding.js';
 
 /** An mmap'ed region owned by the addon. Opaque. */
 export type MappingHandle = object & { readonly __mapping: unique symbol };
@@ -36,17 +37,8 @@ export interface RecvResult {
   fds: number[];
   /** The msg_flags the kernel returned (MSG_TRUNC, MSG_CTRUNC, ...), less the echoed MSG_CMSG_CLOEXEC. */
   flags: number;
-}
-
-/** Result of {@link NativeBinding.recvmsg} asked for the sender's credentials. */
-export interface RecvCredResult extends RecvResult {
-  /**
-   * The sender as the kernel recorded it (`SCM_CREDENTIALS`, in this process's pid and user
-   * namespaces), or null when the message carried none: the socket had no `SO_PASSCRED` when
-   * the message was sent. An unprivileged sender cannot choose them; one with `CAP_SYS_ADMIN`
-   * (pid) or `CAP_SETUID` (uid) can.
-   */
-  cred: PeerCred | null;
+  /** The sender's credentials (SCM_CREDENTIALS), when asked for and the message carried them. */
+  cred?: PeerCred;
 }
 
 /** Result of {@link NativeBinding.fstat}. */
@@ -63,7 +55,7 @@ export interface StatResult {
 export interface PeerCred { pid: number; uid: number; gid: number; }
 
 /** The functions of the addon. Numbers are plain descriptors; sizes are safe integers. */
-export interface NativeBinding {
+export interface NativeBinding extends KernelBinding {
   /** memfd_create(2). `flags` are MFD_* (MFD_CLOEXEC is always added). */
   memfdCreate(name: string, flags: number): number;
   /** fcntl(F_ADD_SEALS). */
@@ -90,6 +82,8 @@ export interface NativeBinding {
   socketInfo(fd: number): { domain: number; type: number };
   /** getsockopt SO_PEERCRED. */
   peerCred(fd: number): PeerCred;
+  /** setsockopt SO_PASSCRED: while on, the kernel attaches the sender's credentials to each message. */
+  setPassCred(fd: number, on: boolean): void;
   /** socketpair(AF_UNIX, type | SOCK_CLOEXEC [| SOCK_NONBLOCK]). */
   socketpair(type: number, nonblock: boolean): [number, number];
   /** socket(AF_UNIX, type | SOCK_CLOEXEC [| SOCK_NONBLOCK]). */
@@ -119,13 +113,11 @@ export interface NativeBinding {
    * added. Descriptors of a truncated control message are closed by the addon, never leaked.
    */
   recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number): RecvResult;
-  /** The same; with `softEagain` true, EAGAIN returns null instead of throwing. */
-  recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: true): RecvResult | null;
   /**
-   * The same, with the sender's `SCM_CREDENTIALS` as `cred` (turn `SO_PASSCRED` on first, with
-   * {@link NativeBinding.setPasscred}, before the messages are sent). `softEagain` as above.
+   * The same; with `softEagain` true, EAGAIN returns null instead of throwing. With `cred`
+   * true there is room for SCM_CREDENTIALS too, and the result carries them when present.
    */
-  recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: boolean, credentials: true): RecvCredResult | null;
+  recvmsg(fd: number, maxBytes: number, maxFds: number, flags: number, softEagain: true, cred?: boolean): RecvResult | null;
   /** mmap(2) of `length` bytes of `fd` at `offset`. The handle's finalizer unmaps if needed. */
   mmap(fd: number, length: number, offset: number, prot: number, flags: number): MappingHandle;
   /** The start address of the mapping. */
@@ -209,8 +201,6 @@ export interface NativeBinding {
   hupWatchTake(epfd: number): number;
   /** shutdown(2) of a socket; `how` is SHUT_RD, SHUT_WR or SHUT_RDWR. */
   shutdown(fd: number, how: number): void;
-  /** setsockopt(SO_PASSCRED): messages received afterwards carry their sender's credentials. */
-  setPasscred(fd: number, on: boolean): void;
   /**
    * getsockopt(SO_PEERPIDFD), Linux 6.5: a pidfd of the process that connected the peer (it
    * stays that process even if its pid is reused). `ENOPROTOOPT` on older kernels.
@@ -261,36 +251,17 @@ function firstLine(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split('\n')[0] ?? '';
 }
 
-/**
- * Loads the addon `name` (`dmabuf` or `dmabuf_views`) of this package; throws the first
- * failure. The one place that knows where addons live (a prebuild loader would go here).
- */
-function loadAddon(name: string): unknown {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  // dist/src/native -> package root
-  const root = path.resolve(here, '..', '..', '..');
-  const require = createRequire(import.meta.url);
-  let firstError: unknown;
-  for (const dir of ['Release', 'Debug']) {
-    try {
-      return require(path.join(root, 'build', dir, `${name}.node`));
-    } catch (err) {
-      firstError ??= err;
-    }
-  }
-  throw firstError;
-}
-
 function load(): { binding: NativeBinding | null; reason: string } {
   if (process.platform !== 'linux') {
     return { binding: null, reason: `dma-buf sharing needs Linux; this is ${process.platform}` };
   }
+  const require = createRequire(import.meta.url);
   try {
-    return { binding: loadAddon('dmabuf') as NativeBinding, reason: '' };
+    return { binding: require(addonPath()) as NativeBinding, reason: '' };
   } catch (err) {
     return {
       binding: null,
-      reason: `the native addon failed to load (${firstLine(err)}); run "npm install" (or "npx node-gyp rebuild") in the package folder`,
+      reason: `the native addon failed to load (${firstLine(err)}); run "npm install" in the package folder, which uses the prebuilt addon for this platform or builds one (python3, make and a C compiler needed)`,
     };
   }
 }
@@ -304,9 +275,11 @@ interface ViewsAddon { factory?: object; moduleVersion?: number; reason?: string
  */
 function useUncountedViews(b: NativeBinding): string {
   if (process.env['DMABUF_COUNTED_VIEWS'] === '1') return 'DMABUF_COUNTED_VIEWS=1 is set';
+  const file = viewsAddonPath();
+  if (file === null) return `no dmabuf_views.node for this platform and Node ABI ${process.versions.modules}`;
   let views: ViewsAddon;
   try {
-    views = loadAddon('dmabuf_views') as ViewsAddon;
+    views = createRequire(import.meta.url)(file) as ViewsAddon;
   } catch (err) {
     return `dmabuf_views.node did not load (${firstLine(err)})`;
   }
@@ -340,7 +313,10 @@ export const countedViewsReason: string = viewsReason;
 function wrapAll(b: NativeBinding): NativeBinding {
   const out: Record<string, unknown> = { constants: b.constants };
   for (const [name, fn] of Object.entries(b)) {
-    if (typeof fn !== 'function') continue;
+    if (typeof fn !== 'function') {
+      out[name] = fn; // constants objects (constants, kernelConstants)
+      continue;
+    }
     out[name] = (...args: unknown[]) => {
       try {
         return (fn as (...a: unknown[]) => unknown)(...args);
@@ -367,7 +343,7 @@ function unsupported(reason: string): NativeBinding {
   };
   return new Proxy({} as NativeBinding, {
     get(_t, prop) {
-      if (prop === 'constants') return fail();
+      if (prop === 'constants' || prop === 'kernelConstants') return fail();
       return fail;
     },
   });

@@ -87,8 +87,10 @@ function tableFits(device: Device, body: Record<string, unknown>): boolean {
     if (!Array.isArray(run) || run.length !== 3) return false;
     const [offset, length, n] = run as number[];
     if (typeof offset !== 'number' || typeof length !== 'number' || typeof n !== 'number') return false;
-    if (length > c.maxSegmentSize || offset % c.segmentAlignment !== 0) return false;
-    if (n > 1 && length % c.segmentAlignment !== 0) return false;
+    // As the exporter plans them: every segment starts on the device's alignment and pages.
+    const align = Math.max(c.segmentAlignment, c.pageSize);
+    if (length > c.maxSegmentSize || offset % align !== 0) return false;
+    if (n > 1 && length % align !== 0) return false;
     count += n;
   }
   return count <= c.maxSegments;
@@ -272,6 +274,9 @@ const importOps: DmaBufOps<ImportedPriv> = {
       const pageSize = field.uint(m, 'pageSize');
       const writeSealed = field.bool(m, 'writeSealed');
       const access = field.oneOf(body, 'access', ['read', 'write'] as const);
+      if (!tableFits(attachment.device, body)) {
+        throw new DmaBufError('EPROTO', `map: the exporter's table breaks the constraints of device "${attachment.device.name}" (segments must start on ${Math.max(attachment.device.constraints.segmentAlignment, attachment.device.constraints.pageSize)}-byte boundaries, be at most ${attachment.device.constraints.maxSegmentSize} bytes and at most ${attachment.device.constraints.maxSegments} of them, on pages of at least ${attachment.device.constraints.pageSize} bytes)`, { op: 'map' });
+      }
       const segments = fromRuns(body.segments, buf.size, attachment.device.constraints.maxSegments);
       const end = segments.length ? segments[segments.length - 1]!.offset + segments[segments.length - 1]!.length : 0;
       verifyMemory(reply.fds[0]!, size, pageSize, buf.readOnly || writeSealed, end);

@@ -190,6 +190,8 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   #sendBlocked = false;
   #receivers: ReceiveWaiter[] = [];
   #peer: PeerCred;
+  /** A pair's creator end: `#peer` is ourselves until a message tells the other process. */
+  #learnPeer = false;
 
   /** @internal use {@link BufferChannel.pair}, {@link BufferChannel.fromFd} or {@link BufferChannel.connect}. */
   constructor(token: symbol, fd: number, peer: PeerCred) {
@@ -220,7 +222,12 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     const c = native.constants;
     const [ours, theirs] = native.socketpair(c.SOCK_SEQPACKET, false);
     try {
-      return [new BufferChannel(kCreate, ours, native.peerCred(ours)), theirs];
+      const channel = new BufferChannel(kCreate, ours, native.peerCred(ours));
+      // SO_PEERCRED of a pair names its creator (this process) at both ends: the kernel's
+      // SCM_CREDENTIALS on the first message received tell who holds the other end.
+      native.setPassCred(ours, true);
+      channel.#learnPeer = true;
+      return [channel, theirs];
     } catch (err) {
       closeQuietly(ours);
       closeQuietly(theirs);
@@ -345,9 +352,13 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   }
 
   /**
-   * The peer's credentials (`SO_PEERCRED`) at the time the connection was made: for a pair,
-   * the process that created it; for a connection, the process that connected or listened.
-   * A pid of 0 means the peer is in another pid namespace.
+   * The credentials of the process at the other end, as the kernel reports them (never as
+   * the peer claims them). For a connection, the process that connected or listened
+   * (`SO_PEERCRED`); for {@link BufferChannel.fromFd}, the process that made the connection
+   * or the pair. For the end that {@link BufferChannel.pair} returns, the kernel only knows
+   * the pair's creator (this process) until the other end sends: from the first message
+   * received, `peer` is its sender (`SCM_CREDENTIALS`). A pid of 0 means the peer is in
+   * another pid namespace.
    *
    * @example
    * ```ts
@@ -490,6 +501,9 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
       }
     } catch (err) {
       const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err), { cause: err });
+      if (e.code === 'EMFILE' || e.code === 'ENFILE') {
+        throw new DmaBufError(e.code, `receive: this process is out of descriptors (RLIMIT_NOFILE, see ulimit -n), so the buffer could not be imported; close descriptors and buffers you no longer need, or raise the limit (the message's descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
+      }
       throw new DmaBufError(e.code, `receive: the peer sent a descriptor that is not a buffer this process can get (the descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
     } finally {
       closeQuietly(fd);
@@ -705,8 +719,9 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     while (this.#receivers.length > 0 && !this.#closed && !this.#peerClosed) {
       let r: RecvResult | null;
       try {
-        r = native.recvmsg(this.#fd, CHANNEL_RECV_MAX_BYTES, CHANNEL_RECV_MAX_FDS, c.MSG_DONTWAIT, true);
+        r = native.recvmsg(this.#fd, CHANNEL_RECV_MAX_BYTES, CHANNEL_RECV_MAX_FDS, c.MSG_DONTWAIT, true, this.#learnPeer);
         if (r === null) return; // EAGAIN: nothing more for now
+        if (r.cred && this.#learnPeer) this.#learnedPeer(r.cred);
       } catch (err) {
         if (DmaBufError.is(err, 'ECONNRESET')) {
           this.#onPeerClosed();
@@ -775,6 +790,17 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
       this.#emitError(result);
     } else {
       waiter.resolve(result);
+    }
+  }
+
+  /** The other end of a pair sent its first message: it is the peer from now on. */
+  #learnedPeer(cred: PeerCred): void {
+    this.#peer = { pid: cred.pid, uid: cred.uid, gid: cred.gid };
+    this.#learnPeer = false;
+    try {
+      native.setPassCred(this.#fd, false);
+    } catch {
+      // the credentials keep coming; harmless
     }
   }
 

@@ -107,7 +107,7 @@ export class BufferFile {
     // The canary first: a socket with SO_PASSCRED that sends is autobound to a name.
     file.#canary = queueCanary(serviceFd);
     try {
-      native.setPasscred(serviceFd, true);
+      native.setPassCred(serviceFd, true);
     } catch {
       // messages then arrive without credentials (cred null)
     }
@@ -316,7 +316,7 @@ export class BufferFile {
       }
       const handler = this.#events?.onMessage;
       if (handler) {
-        handler(r.data, r.fds, r.flags, r.cred);
+        handler(r.data, r.fds, r.flags, r.cred ?? null);
       } else {
         for (const fd of r.fds) native.close(fd);
       }

@@ -1,7 +1,7 @@
 /**
  * Who is on the other side of a Unix socket, as the kernel tells it: the identity of a
  * process's user namespace and the overflow uid, for checks of `SO_PEERCRED` and of a message's
- * `SCM_CREDENTIALS` (see `native.peerCred`, `native.setPasscred`, `native.recvmsg(..., true)`).
+ * `SCM_CREDENTIALS` (see `native.peerCred`, `native.setPassCred`, `native.recvmsg(..., true)`).
  *
  * Credentials are translated into the reader's namespaces: a uid that has no mapping in the
  * reader's user namespace reads as the overflow uid (`/proc/sys/kernel/overflowuid`, usually

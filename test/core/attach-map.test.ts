@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CpuDevice, DmaBufError, SgTable, type DmaBufAttachment } from '../../src/index.js';
+import { CpuDevice, DmaBufError, SgTable, systemHeap, type DmaBufAttachment } from '../../src/index.js';
 import { recordingExport, type CallLog } from '../helpers.js';
 
 const isCode = (code: string) => (e: unknown): boolean => DmaBufError.is(e, code);
@@ -165,4 +165,20 @@ test('new SgTable() validates its segments', () => {
   assert.equal(t.nents, 2);
   assert.equal(t.length, 16);
   assert.ok(Object.isFrozen(t.segments));
+});
+
+test('SgTable.views() gives a CPU map\'s views in segment order, and EINVAL for a table without views', async () => {
+  const buf = systemHeap.allocate(3 << 12);
+  const att = await buf.attach(new CpuDevice({ maxSegmentSize: 1 << 12 }));
+  const sgt = await att.map('bidirectional');
+  const views: Uint8Array[] = sgt.views();
+  assert.equal(views.length, 3);
+  views.forEach((v, i) => { assert.equal(v, sgt.segments[i]!.view); v.fill(i + 1); });
+  assert.deepEqual(views.map((v) => v[0]), [1, 2, 3]);
+  await att.unmap(sgt);
+  assert.deepEqual(sgt.views().map((v) => v.byteLength), [0, 0, 0], 'detached after unmap');
+  await att.detach();
+  buf.put();
+  const bare = new SgTable([{ offset: 0, length: 8, view: new Uint8Array(8) }, { offset: 8, length: 8, address: 4096n }]);
+  assert.throws(() => bare.views(), (e: unknown) => isCode('EINVAL')(e) && /segment 1 has no CPU view/.test((e as Error).message));
 });

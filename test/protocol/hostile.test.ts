@@ -1240,3 +1240,30 @@ if (scenario && SELF === process.argv[1]) {
   if (!run) throw new Error(`unknown child scenario ${scenario}`);
   await run();
 }
+
+test('a fake exporter\'s table that breaks the device\'s constraints is refused before it is expanded or mapped', async () => {
+  await withFdCheck(async () => {
+    const fe = new FakeExporter();
+    const buf = await importThrough(fe);
+    const att = buf.attach(new CpuDevice());
+    const a = await fe.next();
+    await fe.send(MsgType.REPLY, a.msg.id, { attachment: 1 });
+    const attachment = await att;
+    for (const [segments, id] of [[[[0, 1000, 4]], 1], [[[0, 1, 4096]], 2]] as const) {
+      const p = attachment.map('to-device');
+      const req = await fe.next();
+      closeFds(req.fds);
+      const mem = memfd('fake-storage', 4096, SHRINK_GROW());
+      await fe.send(MsgType.REPLY, req.msg.id, { map: id, segments, memory: { size: 4096, pageSize: 4096, writeSealed: false }, access: 'read' }, [mem]);
+      native.close(mem);
+      await assert.rejects(p, codeIs('EPROTO', /breaks the constraints/));
+      // The importer gave the map back at once (a notification, no answer expected).
+      const undo = await fe.next();
+      assert.equal(undo.msg.type, MsgType.UNMAP);
+      assert.equal(undo.msg.body.map, id);
+    }
+    await attachment.detach();
+    buf.put();
+    fe.close();
+  });
+});

@@ -442,6 +442,12 @@ test('fromFd validates: closed, not a socket, another socket type, unconnected, 
     const other = BufferChannel.fromFd(peer);
     assert.equal(ch.peer.pid, process.pid);
     assert.equal(other.peer.uid, process.getuid!());
+    // Both ends in this process: the first message names this process again.
+    const buf = systemHeap.allocate(4096);
+    await other.send(buf);
+    buf.put();
+    (await ch.receive()).buffer.put();
+    assert.equal(ch.peer.pid, process.pid);
     ch.close();
     other.close();
     assert.equal(ch.peer.pid, process.pid, 'peer stays known after close');
@@ -478,7 +484,7 @@ test('an idle channel does not keep the process alive; a pending receive does un
   assert.deepEqual(r2.json, [{ got: 'late' }]);
 });
 
-test('a child process receives buffers over its fd 3 (same file, same contents) and sends one back', async () => {
+test('a child process receives buffers over its fd 3 (same file, same contents) and sends one back; each side\'s peer is the other process', async () => {
   const before = openFds();
   const buf = systemHeap.allocate(1 << 16, { name: 'to-child' });
   const att = await buf.attach(new CpuDevice());
@@ -521,7 +527,10 @@ test('a child process receives buffers over its fd 3 (same file, same contents) 
     await ch.sendFd(bufFd, { raw: true });
     closeSync(bufFd);
     await ch.send(buf, { hello: 'child' });
+    assert.equal(ch.peer.pid, process.pid, 'before the child sends, the kernel only knows the pair\'s creator');
     const { buffer, meta } = await ch.receive();
+    assert.equal(ch.peer.pid, child.pid, 'the first message from the child tells its pid (SCM_CREDENTIALS)');
+    assert.equal(ch.peer.uid, process.getuid!());
     assert.deepEqual(meta, { from: 'child' });
     assert.notEqual(buffer, buf);
     assert.equal(buffer.name, 'from-child');

@@ -24,6 +24,12 @@ test('examples/child-process: the child inverts the frame and sends the result b
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /inverted as expected/);
   assert.match(r.stdout, /input frame released: true/);
+  const child = /\[child\] pid (\d+) sent the inverted frame to pid (\d+)/.exec(r.stdout);
+  const parent = /\[parent\] pid (\d+):.* from pid (\d+)/.exec(r.stdout);
+  assert.ok(child && parent, r.stdout);
+  assert.notEqual(child[1], parent[1], 'two processes');
+  assert.equal(parent[2], child[1], 'the parent\'s channel.peer is the child');
+  assert.equal(child[2], parent[1], 'the child\'s channel.peer is the parent');
 });
 
 test('examples/worker-thread: the worker sums every frame correctly', () => {
