@@ -156,5 +156,5 @@ export function shutDownByHolder(fileFd: number): boolean {
 
 /** The error of a `get` through a file that a holder shut down (see {@link shutDownByHolder}). */
 export function holderShutDown(fd: number, cause: unknown): DmaBufError {
-  return new DmaBufError('ESHUTDOWN', `get: descriptor ${fd}: a holder of this buffer shut its file down (shutdown(2) on a descriptor of it), so no new importer can reach the exporter through it; processes that already got the buffer keep working. Get the buffer in a process that already holds it, or have the exporter export a new one`, { op: 'get', cause });
+  return new DmaBufError('ESHUTDOWN', `get: descriptor ${fd}: a holder of this buffer shut its file down (shutdown(2) on a descriptor of it), so no new importer can reach the exporter through it; processes that already got the buffer keep working. Have the exporter's thread send the buffer over a BufferChannel (its offer needs no message through the file), or export a new one`, { op: 'get', cause });
 }

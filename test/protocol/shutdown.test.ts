@@ -10,7 +10,7 @@ import { closeSync } from 'node:fs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CpuDevice, DmaBuf, systemHeap, type DmaBufOps } from '../../src/index.js';
+import { BufferChannel, CpuDevice, DmaBuf, systemHeap, type DmaBufOps } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
 import { finish, nextLine, openFdCount, reapChildren, runChild, startChild, waitFor } from '../helpers.js';
 
@@ -180,4 +180,32 @@ test('shutdown: the exporter\'s own thread still gets a shut-down buffer (the sa
   assert.equal(releases(), 0, 'a descriptor is still open');
   closeSync(fd);
   await waitFor(() => releases() === 1, 5000, 'the release after the last close');
+});
+
+test('shutdown: the exporter\'s thread still hands a shut-down buffer to a new process over a BufferChannel (its offer needs nothing through the file)', async () => {
+  using _alive = keepAlive();
+  const fdsBefore = openFdCount();
+  const { buf, releases } = await countedBuffer('shutdown-handoff');
+  const fd = buf.fd();
+  native.shutdown(fd, native.constants.SHUT_RDWR);
+  const refused = await runChild(THIRD, [fd]);
+  assert.equal(refused.json[0]!.error, 'ESHUTDOWN', JSON.stringify(refused.json[0]));
+  closeSync(fd);
+  const [channel, theirs] = BufferChannel.pair();
+  const child = startChild(`
+    const ch = m.BufferChannel.fromFd(3);
+    const { buffer } = await ch.receive();
+    const a = await buffer.attach(new m.CpuDevice());
+    const t = await a.map('to-device');
+    out({ got: [...t.segments[0].view.subarray(0, 3)] });
+    await a.detach(); buffer.put(); ch.close();`, [theirs]);
+  closeSync(theirs);
+  await channel.send(buf);
+  const r = await finish(child);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.json[0], { got: PATTERN });
+  channel.close();
+  buf.put();
+  await waitFor(() => releases() === 1, 5000, 'the release after the last holder');
+  await waitFor(() => openFdCount() === fdsBefore, 5000, `descriptors back to ${fdsBefore} (now ${openFdCount()})`);
 });
