@@ -121,6 +121,15 @@ function checkExportInfo<Priv>(info: ExportInfo<Priv>): void {
   }
 }
 
+/** `EINVAL` unless `device` is a device its constructor built (see {@link Device.isDevice}). */
+function checkDevice(op: string, device: unknown): void {
+  if (Device.isDevice(device)) return;
+  const what = device instanceof Device
+    ? 'an object that inherits from a Device class but was not built by its constructor (Object.create?), so it has no checked constraints'
+    : `${device === null ? 'null' : typeof device}`;
+  throw new DmaBufError('EINVAL', `${op}: expected a Device (for example new CpuDevice()), got ${what}`, { op });
+}
+
 function warnReleaseFailure(buf: { name: string; exporter: string }, err: unknown): void {
   const msg = err instanceof Error ? err.message : String(err);
   process.emitWarning(`dmabuf: release of buffer "${buf.name}" (${buf.exporter}) threw: ${msg}`, 'DmaBufWarning');
@@ -207,8 +216,8 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     registry.register(buf);
     file.watch({
       onEof: () => buf.#maybeRelease(),
-      onMessage: (data, fds, flags) => {
-        if (hooks.onFileMessage) hooks.onFileMessage(buf as DmaBuf, data, fds, flags);
+      onMessage: (data, fds, flags, cred) => {
+        if (hooks.onFileMessage) hooks.onFileMessage(buf as DmaBuf, data, fds, flags, cred);
         else for (const fd of fds) native.close(fd);
       },
     });
@@ -271,9 +280,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
    */
   static async getMapped(fd: number, device: Device, direction: DmaDirection, options: GetOptions = {}): Promise<{ buffer: DmaBuf; attachment: DmaBufAttachment; sgt: SgTable }> {
     checkMapDirection('map', direction);
-    if (!(device instanceof Device)) {
-      throw new DmaBufError('EINVAL', 'attach: expected a Device (for example new CpuDevice())', { op: 'attach' });
-    }
+    checkDevice('attach', device);
     const buffer = await DmaBuf.#get(fd, options, { device, direction });
     return attachMapped(buffer, device, direction, options.signal);
   }
@@ -419,9 +426,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
 
   async #attach(device: Device, live: () => void): Promise<DmaBufAttachment<Priv>> {
     const op = 'attach';
-    if (!(device instanceof Device)) {
-      throw new DmaBufError('EINVAL', `${op}: expected a Device (for example new CpuDevice())`, { op });
-    }
+    checkDevice(op, device);
     return this.#lock.run(op, async () => {
       live();
       const attachment = new DmaBufAttachment<Priv>(this, device, this.#owner);

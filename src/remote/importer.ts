@@ -29,6 +29,7 @@ import { native, own, closeOwned } from '../native/binding.js';
 import { Connection, closeAll, lostReply, type Reply } from './connection.js';
 import { ImportedFile } from '../transport/imported-file.js';
 import { fileKey } from '../transport/buffer-file.js';
+import { shutDownByHolder, holderShutDown } from '../transport/file-liveness.js';
 import { lookup as registryLookup } from '../core/registry.js';
 import { MsgType, encode, field, fromRuns, type Message } from './protocol.js';
 
@@ -351,6 +352,7 @@ async function sendHello(fd: number, data: Buffer, channelEnd: number, deadline:
       return;
     } catch (err) {
       if (DmaBufError.is(err, 'EPIPE') || DmaBufError.is(err, 'ECONNRESET') || DmaBufError.is(err, 'ENOTCONN') || DmaBufError.is(err, 'ECONNREFUSED')) {
+        if (DmaBufError.is(err, 'EPIPE') && shutDownByHolder(fd)) throw holderShutDown(fd, err);
         throw new DmaBufError('EPIPE', `get: descriptor ${fd}: nobody holds the other end of this socket; if it is a dma-buf, its exporter is gone`, { op: 'get', cause: err });
       }
       if (!DmaBufError.is(err, 'EAGAIN') && !DmaBufError.is(err, 'ENOBUFS')) throw err;
