@@ -32,6 +32,7 @@
 #include <uv.h>
 
 #include "sys.h"
+#include "diag.h"
 #include "views.h"
 #include "sync_binding.h"
 #include <poll.h>
@@ -1431,6 +1432,61 @@ static napi_value js_pidfd_getfd(napi_env env, napi_callback_info info) {
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* socket diagnostics and credentials (diag.c)                                          */
+/* ------------------------------------------------------------------------------------ */
+
+static napi_value js_unix_diag_peer(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int64_t ino;
+  if (arg_int(env, argv[0], "ino", 1.0, 4294967295.0, &ino) != 0) return NULL;
+  uint32_t peer = 0;
+  int r = sys_unix_diag_peer((uint32_t)ino, &peer);
+  if (r < 0) return throw_errno(env, "sock_diag", -r);
+  return number(env, peer);
+}
+
+static napi_value js_sock_outq(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  int r = sys_sock_outq(fd);
+  if (r < 0) return throw_errno(env, "ioctl", -r);
+  return number(env, r);
+}
+
+static napi_value js_hup_watch(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  return fd_result(env, "epoll_ctl", sys_hup_watch(fd));
+}
+
+static napi_value js_hup_watch_take(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "epfd", &fd) != 0) return NULL;
+  int r = sys_hup_watch_take(fd);
+  if (r < 0) return throw_errno(env, "epoll_wait", -r);
+  return number(env, r);
+}
+
+static napi_value js_shutdown(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  int64_t how;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  if (arg_int(env, argv[1], "how", SHUT_RD, SHUT_RDWR, &how) != 0) return NULL;
+  return void_result(env, "shutdown", sys_shutdown(fd, (int)how));
+}
+
+static napi_value js_peer_pidfd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  return fd_result(env, "getsockopt", sys_peer_pidfd(fd));
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* descriptors owned by this environment                                                */
 /* ------------------------------------------------------------------------------------ */
 
@@ -1597,6 +1653,9 @@ static napi_value make_constants(napi_env env) {
   C(MSG_NOSIGNAL);
   C(MSG_EOR);
   C(MSG_WAITALL);
+  C(SHUT_RD);
+  C(SHUT_WR);
+  C(SHUT_RDWR);
   C(UV_READABLE);
   C(UV_WRITABLE);
   C(UV_DISCONNECT);
@@ -1689,6 +1748,12 @@ NAPI_MODULE_INIT() {
       FN("ioctl", js_ioctl),
       FN("pidfdOpen", js_pidfd_open),
       FN("pidfdGetfd", js_pidfd_getfd),
+      FN("unixDiagPeer", js_unix_diag_peer),
+      FN("sockOutq", js_sock_outq),
+      FN("hupWatch", js_hup_watch),
+      FN("hupWatchTake", js_hup_watch_take),
+      FN("shutdown", js_shutdown),
+      FN("peerPidfd", js_peer_pidfd),
       {"constants", NULL, NULL, NULL, NULL, constants, napi_enumerable, NULL},
   };
   NAPI(napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));

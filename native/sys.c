@@ -2,6 +2,7 @@
  * sys.c - see sys.h. Plain C over glibc; no Node-API here.
  */
 #include "sys.h"
+#include "retry.h"
 
 #include <poll.h>
 #include <stdatomic.h>
@@ -27,12 +28,6 @@
 #define SYS_pidfd_getfd 438
 #endif
 
-/* Runs `expr` (which returns -1 and sets errno on failure) until it is not EINTR. */
-#define RETRY(type, var, expr)                 \
-  type var;                                    \
-  do {                                         \
-    var = (expr);                              \
-  } while (var == -1 && errno == EINTR)
 
 #define NEG_ERRNO(var) ((var) == -1 ? -errno : (var))
 

@@ -177,6 +177,17 @@ export abstract class Device {
   readonly constraints: DeviceConstraints;
   /** A short word for the kind of device (`'cpu'`, ...). */
   abstract readonly kind: string;
+  /** Present only on objects this constructor built (not on `Object.create(CpuDevice.prototype)`). */
+  #constructed = true;
+
+  /**
+   * Whether `value` is a device built by a constructor of this class (a subclass's included).
+   * An object that merely inherits from a device class's prototype is not: it has no checked
+   * constraints.
+   */
+  static isDevice(value: unknown): value is Device {
+    return typeof value === 'object' && value !== null && #constructed in value;
+  }
 
   /** @throws {DmaBufError} `EINVAL` for a bad constraint. */
   constructor(options: DeviceOptions = {}) {

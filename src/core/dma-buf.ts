@@ -121,6 +121,15 @@ function checkExportInfo<Priv>(info: ExportInfo<Priv>): void {
   }
 }
 
+/** `EINVAL` unless `device` is a device its constructor built (see {@link Device.isDevice}). */
+function checkDevice(op: string, device: unknown): void {
+  if (Device.isDevice(device)) return;
+  const what = device instanceof Device
+    ? 'an object that inherits from a Device class but was not built by its constructor (Object.create?), so it has no checked constraints'
+    : `${device === null ? 'null' : typeof device}`;
+  throw new DmaBufError('EINVAL', `${op}: expected a Device (for example new CpuDevice()), got ${what}`, { op });
+}
+
 function warnReleaseFailure(buf: { name: string; exporter: string }, err: unknown): void {
   const msg = err instanceof Error ? err.message : String(err);
   process.emitWarning(`dmabuf: release of buffer "${buf.name}" (${buf.exporter}) threw: ${msg}`, 'DmaBufWarning');
@@ -207,8 +216,8 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     registry.register(buf);
     file.watch({
       onEof: () => buf.#maybeRelease(),
-      onMessage: (data, fds, flags) => {
-        if (hooks.onFileMessage) hooks.onFileMessage(buf as DmaBuf, data, fds, flags);
+      onMessage: (data, fds, flags, cred) => {
+        if (hooks.onFileMessage) hooks.onFileMessage(buf as DmaBuf, data, fds, flags, cred);
         else for (const fd of fds) native.close(fd);
       },
     });
@@ -271,23 +280,9 @@ export class DmaBuf<Priv = unknown> implements Disposable {
    */
   static async getMapped(fd: number, device: Device, direction: DmaDirection, options: GetOptions = {}): Promise<{ buffer: DmaBuf; attachment: DmaBufAttachment; sgt: SgTable }> {
     checkMapDirection('map', direction);
-    if (!(device instanceof Device)) {
-      throw new DmaBufError('EINVAL', 'attach: expected a Device (for example new CpuDevice())', { op: 'attach' });
-    }
+    checkDevice('attach', device);
     const buffer = await DmaBuf.#get(fd, options, { device, direction });
-    try {
-      const attachment = await buffer.attach(device);
-      try {
-        const sgt = await attachment.map(direction, options.signal ? { signal: options.signal } : {});
-        return { buffer, attachment, sgt };
-      } catch (err) {
-        await attachment.detach().catch(() => {});
-        throw err;
-      }
-    } catch (err) {
-      buffer.put();
-      throw err;
-    }
+    return attachMapped(buffer, device, direction, options.signal);
   }
 
   static #lookup(key: string): DmaBuf | undefined {
@@ -431,9 +426,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
 
   async #attach(device: Device, live: () => void): Promise<DmaBufAttachment<Priv>> {
     const op = 'attach';
-    if (!(device instanceof Device)) {
-      throw new DmaBufError('EINVAL', `${op}: expected a Device (for example new CpuDevice())`, { op });
-    }
+    checkDevice(op, device);
     return this.#lock.run(op, async () => {
       live();
       const attachment = new DmaBufAttachment<Priv>(this, device, this.#owner);
@@ -674,6 +667,28 @@ export class DmaBuf<Priv = unknown> implements Disposable {
 function checkCpuAccess(op: string, access: unknown): void {
   if (access !== 'read' && access !== 'write' && access !== 'read-write') {
     throw new DmaBufError('EINVAL', `${op}: access must be 'read', 'write' or 'read-write', got ${String(access)}`, { op });
+  }
+}
+
+/**
+ * Attaches `device` to a buffer just gotten and maps it. On failure the attachment is detached
+ * and the caller's reference put: the buffer is then as if never gotten.
+ *
+ * @throws {DmaBufError} what `attach` and `map` throw.
+ */
+export async function attachMapped(buffer: DmaBuf, device: Device, direction: DmaDirection, signal?: AbortSignal): Promise<{ buffer: DmaBuf; attachment: DmaBufAttachment; sgt: SgTable }> {
+  try {
+    const attachment = await buffer.attach(device);
+    try {
+      const sgt = await attachment.map(direction, signal ? { signal } : {});
+      return { buffer, attachment, sgt };
+    } catch (err) {
+      await attachment.detach().catch(() => {});
+      throw err;
+    }
+  } catch (err) {
+    buffer.put();
+    throw err;
   }
 }
 

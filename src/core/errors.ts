@@ -30,6 +30,8 @@ export type DmaBufErrorCode =
   | 'ERANGE'
   | 'ENOTSUP'
   | 'ETIMEDOUT'
+  | 'ESHUTDOWN'
+  | 'EFBIG'
   | (string & {});
 
 /** Options of {@link DmaBufError}. */

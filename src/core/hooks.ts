@@ -44,7 +44,8 @@ export type DescriptorImporter = (desc: ForeignDescriptor, options: GetOptions, 
 /** The hooks; see the module description. */
 export interface CoreHooks {
   onCreate: ((buf: DmaBuf) => void)[];
-  onFileMessage: ((buf: DmaBuf, data: Buffer, fds: number[], flags: number) => void) | null;
+  /** `cred`: the sender as the kernel recorded it (`SCM_CREDENTIALS`), null if unknown. */
+  onFileMessage: ((buf: DmaBuf, data: Buffer, fds: number[], flags: number, cred: { pid: number; uid: number; gid: number } | null) => void) | null;
   importers: DescriptorImporter[];
 }
 

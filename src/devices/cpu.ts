@@ -63,14 +63,14 @@ export class CpuDevice extends Device {
       let entry = this.#cache.get(memory);
       if (!entry) {
         const prot = memory.writeSealed ? c.PROT_READ : c.PROT_READ | c.PROT_WRITE;
-        const handle = native.mmap(memory.fd, memory.size, 0, prot, c.MAP_SHARED);
+        const handle = mmapMemory(memory, prot, c.MAP_SHARED);
         const unregister = memory.onInvalidate(() => this.#drop(memory));
         entry = { handle, unregister };
         this.#cache.set(memory, entry);
       }
       return viewMapping(entry.handle, memory.size, false);
     }
-    const handle = native.mmap(memory.fd, memory.size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_PRIVATE);
+    const handle = mmapMemory(memory, c.PROT_READ | c.PROT_WRITE, c.MAP_PRIVATE);
     return viewMapping(handle, memory.size, true);
   }
 
@@ -80,6 +80,16 @@ export class CpuDevice extends Device {
     this.#cache.delete(memory);
     entry.unregister();
     native.munmap(entry.handle);
+  }
+}
+
+/** Maps the whole memory object; `ENOMEM` says which limit to look at. */
+function mmapMemory(memory: MemoryObject, prot: number, flags: number): MappingHandle {
+  try {
+    return native.mmap(memory.fd, memory.size, 0, prot, flags);
+  } catch (err) {
+    if (!DmaBufError.is(err, 'ENOMEM')) throw err;
+    throw new DmaBufError('ENOMEM', `map: cannot map ${memory.size} bytes into this process: mmap found no room for them (the free address space, about 128 TiB on x86-64; RLIMIT_AS, "ulimit -v"; or vm.max_map_count). Unmap other buffers, raise the limit, or use a smaller buffer`, { op: 'map', syscall: 'mmap', errno: err.errno, cause: err });
   }
 }
 

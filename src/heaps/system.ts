@@ -18,6 +18,13 @@ import { SgTable } from '../core/sg-table.js';
 import { native, own, closeOwned } from '../native/binding.js';
 
 const EXPORTER = 'system';
+
+/**
+ * The largest buffer the system heap exports, in bytes: sizes are safe integers, and storage is
+ * made of whole pages, 2 MiB ones when a device needs them. Bigger buffers than the address
+ * space of a process (about 128 TiB on x86-64) are exported, but cannot be mapped there.
+ */
+export const SYSTEM_HEAP_MAX_SIZE = Math.floor(Number.MAX_SAFE_INTEGER / HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
 const MEMFD_NAME_MAX = 249;
 
 let nextStorageId = 1;
@@ -117,7 +124,12 @@ function allocateStorage(name: string, size: number, pageSize: number): Storage 
   const flags = c.MFD_ALLOW_SEALING | (huge ? c.MFD_HUGETLB | c.MFD_HUGE_2MB : 0);
   const fd = own(native.memfdCreate(name, flags));
   try {
-    native.ftruncate(fd, bytes);
+    try {
+      native.ftruncate(fd, bytes);
+    } catch (err) {
+      if (!DmaBufError.is(err, 'EFBIG')) throw err;
+      throw new DmaBufError('EFBIG', `map: the buffer's storage of ${bytes} bytes is larger than this process may make a file (RLIMIT_FSIZE, "ulimit -f": ${fileSizeLimit()}); raise the limit or use a smaller buffer`, { op: 'map', syscall: 'ftruncate', errno: err.errno, cause: err });
+    }
     if (huge) {
       try {
         native.fallocate(fd, 0, 0, bytes);
@@ -131,6 +143,17 @@ function allocateStorage(name: string, size: number, pageSize: number): Storage 
     closeOwned(fd);
     throw err;
   }
+}
+
+/** This process's file size limit (soft RLIMIT_FSIZE) in words. */
+function fileSizeLimit(): string {
+  try {
+    const m = /^Max file size\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (m) return m[1] === 'unlimited' ? 'unlimited' : `${m[1]} bytes`;
+  } catch {
+    // no /proc
+  }
+  return 'unknown';
 }
 
 /** Writes the initial contents of a buffer into new storage (nothing to do without them). */
@@ -322,13 +345,17 @@ export class SystemHeap implements Heap {
   /**
    * Exports a new buffer of `size` bytes. No memory is allocated until the first map.
    *
-   * @throws {DmaBufError} `EINVAL` for a bad size or name; `ENODEV` without platform support.
+   * @throws {DmaBufError} `EINVAL` for a bad size or name, or a size above
+   *   {@link SYSTEM_HEAP_MAX_SIZE}; `ENODEV` without platform support.
    * @example
    * ```ts
    * using buf = systemHeap.allocate(1 << 20, { name: 'frame-0' });
    * ```
    */
   allocate(size: number, options: AllocateOptions = {}): DmaBuf<SystemBufferPriv> {
+    if (Number.isSafeInteger(size) && size > SYSTEM_HEAP_MAX_SIZE) {
+      throw new DmaBufError('EINVAL', `allocate: ${size} bytes is more than the system heap can back: at most ${SYSTEM_HEAP_MAX_SIZE} bytes (its storage is whole 2 MiB pages, and the rounded size must stay a safe integer); a buffer larger than a process's address space (about 128 TiB on x86-64) cannot be mapped anyway`, { op: 'allocate' });
+    }
     const contents = options?.contents;
     if (contents !== undefined && !(contents instanceof Uint8Array && contents.byteLength <= size)) {
       throw new DmaBufError('EINVAL', `allocate: contents must be a Uint8Array of at most ${size} bytes`, { op: 'allocate' });

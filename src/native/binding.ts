@@ -182,6 +182,30 @@ export interface NativeBinding extends KernelBinding {
   pidfdOpen(pid: number): number;
   /** pidfd_getfd(2). */
   pidfdGetfd(pidfd: number, targetFd: number): number;
+  /**
+   * Socket diagnostics (`NETLINK_SOCK_DIAG`, `UNIX_DIAG`, what `ss -x` shows): the inode of the
+   * peer of the Unix socket with inode `ino`, 0 when the peer's last descriptor is closed.
+   * Throws `ENOENT` when no such socket exists in this network namespace, or when the kernel
+   * lacks `CONFIG_UNIX_DIAG` (ask about a socket that exists to tell them apart).
+   */
+  unixDiagPeer(ino: number): number;
+  /** ioctl(SIOCOUTQ): bytes a socket sent that its peer has not received yet. */
+  sockOutq(fd: number): number;
+  /**
+   * An epoll descriptor watching `fd` edge-triggered with an empty mask: it turns readable when
+   * a wake-up of `fd` (a state change such as the peer's last close) finds `fd` with EPOLLHUP
+   * or EPOLLERR, never for data. Watch it with {@link pollStart}; close it with {@link close}.
+   */
+  hupWatch(fd: number): number;
+  /** Takes the pending report of a {@link hupWatch}: POLLHUP/POLLERR bits, or 0. */
+  hupWatchTake(epfd: number): number;
+  /** shutdown(2) of a socket; `how` is SHUT_RD, SHUT_WR or SHUT_RDWR. */
+  shutdown(fd: number, how: number): void;
+  /**
+   * getsockopt(SO_PEERPIDFD), Linux 6.5: a pidfd of the process that connected the peer (it
+   * stays that process even if its pid is reused). `ENOPROTOOPT` on older kernels.
+   */
+  peerPidfd(fd: number): number;
   /** Constants of the platform. */
   constants: NativeConstants;
 }
@@ -199,6 +223,7 @@ export interface NativeConstants {
   SOCK_STREAM: number; SOCK_DGRAM: number; SOCK_SEQPACKET: number; AF_UNIX: number;
   MSG_DONTWAIT: number; MSG_PEEK: number; MSG_TRUNC: number; MSG_CTRUNC: number;
   MSG_NOSIGNAL: number; MSG_EOR: number; MSG_WAITALL: number;
+  SHUT_RD: number; SHUT_WR: number; SHUT_RDWR: number;
   UV_READABLE: number; UV_WRITABLE: number; UV_DISCONNECT: number; UV_PRIORITIZED: number;
   EFD_NONBLOCK: number; EFD_SEMAPHORE: number;
   FALLOC_FL_KEEP_SIZE: number;

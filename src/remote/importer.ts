@@ -16,7 +16,7 @@
  * @module
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC, kCreateImported, kReacquire, type GetOptions } from '../core/dma-buf.js';
+import { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC, attachMapped, kCreateImported, kReacquire, type GetOptions } from '../core/dma-buf.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
 import type { DmaBufOps, OpContext } from '../core/ops.js';
 import type { Device, DeviceMapping } from '../core/device.js';
@@ -29,6 +29,7 @@ import { native, own, closeOwned } from '../native/binding.js';
 import { Connection, closeAll, lostReply, type Reply } from './connection.js';
 import { ImportedFile } from '../transport/imported-file.js';
 import { fileKey } from '../transport/buffer-file.js';
+import { shutDownByHolder, holderShutDown } from '../transport/file-liveness.js';
 import { lookup as registryLookup } from '../core/registry.js';
 import { MsgType, encode, field, fromRuns, type Message } from './protocol.js';
 
@@ -60,6 +61,24 @@ export interface ImportedPriv {
   prefetched?: Prefetched | undefined;
   /** The exporter's grants this object consumed (HELLOs and hand-offs); its PUT returns them. */
   grants: number;
+}
+
+/** The importer's buffer object for a description the exporter gave (its file: a `dup` of `fd`). */
+function createImported(fd: number, key: string, w: ReturnType<typeof checkWelcome>, channel: ImportChannel, prefetched: Prefetched | undefined): DmaBuf {
+  const file = new ImportedFile(fd, key);
+  try {
+    return DmaBuf[kCreateImported]<ImportedPriv>({
+      ops: importOps,
+      size: w.size,
+      priv: { channel, handle: w.handle, pid: w.pid, maps: new Map(), prefetched, grants: 1 },
+      flags: w.flags,
+      name: w.name,
+      exporter: w.exporter,
+    }, file, w.sealed) as unknown as DmaBuf;
+  } catch (err) {
+    file.close();
+    throw err;
+  }
 }
 
 /** An attach and a map made ahead; see {@link ImportedPriv.prefetched}. */
@@ -333,6 +352,7 @@ async function sendHello(fd: number, data: Buffer, channelEnd: number, deadline:
       return;
     } catch (err) {
       if (DmaBufError.is(err, 'EPIPE') || DmaBufError.is(err, 'ECONNRESET') || DmaBufError.is(err, 'ENOTCONN') || DmaBufError.is(err, 'ECONNREFUSED')) {
+        if (DmaBufError.is(err, 'EPIPE') && shutDownByHolder(fd)) throw holderShutDown(fd, err);
         throw new DmaBufError('EPIPE', `get: descriptor ${fd}: nobody holds the other end of this socket; if it is a dma-buf, its exporter is gone`, { op: 'get', cause: err });
       }
       if (!DmaBufError.is(err, 'EAGAIN') && !DmaBufError.is(err, 'ENOBUFS')) throw err;
@@ -441,20 +461,7 @@ async function handshake(fd: number, key: string, options: GetOptions, peerPid: 
     }
     const prefetched = takePrefetched(welcome.body, welcomeFds, prefetch);
     welcomeFds = [];
-    const file = new ImportedFile(fd, key);
-    try {
-      return DmaBuf[kCreateImported]<ImportedPriv>({
-        ops: importOps,
-        size: w.size,
-        priv: { channel, handle: w.handle, pid: w.pid, maps: new Map(), prefetched, grants: 1 },
-        flags: w.flags,
-        name: w.name,
-        exporter: w.exporter,
-      }, file, w.sealed) as unknown as DmaBuf;
-    } catch (err) {
-      file.close();
-      throw err;
-    }
+    return createImported(fd, key, w, channel, prefetched);
   } finally {
     closeAll(welcomeFds);
     conn?.close();
@@ -658,18 +665,9 @@ export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffM
       }
       buffer = existing;
     } else {
-      const file = new ImportedFile(d.file, key);
       try {
-        buffer = DmaBuf[kCreateImported]<ImportedPriv>({
-          ops: importOps,
-          size: w.size,
-          priv: { channel, handle: w.handle, pid: w.pid, maps: new Map(), prefetched: pre, grants: 1 },
-          flags: w.flags,
-          name: w.name,
-          exporter: w.exporter,
-        }, file, w.sealed) as unknown as DmaBuf;
+        buffer = createImported(d.file, key, w, channel, pre);
       } catch (err) {
-        file.close();
         if (pre) undoPrefetched(channel, pre);
         throw err;
       }
@@ -681,19 +679,7 @@ export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffM
     if (isImported(buffer)) dropPrefetched(buffer.priv as ImportedPriv);
     return { buffer };
   }
-  try {
-    const attachment = await buffer.attach(want.device);
-    try {
-      const sgt = await attachment.map(want.direction, getOptions);
-      return { buffer, attachment, sgt };
-    } catch (err) {
-      await attachment.detach().catch(() => {});
-      throw err;
-    }
-  } catch (err) {
-    buffer.put();
-    throw err;
-  }
+  return attachMapped(buffer, want.device, want.direction, options.signal);
 }
 
 /**

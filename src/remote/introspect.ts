@@ -9,9 +9,9 @@
  * file: the thread listens on the abstract Unix socket `\0dmabuf-info.<pid>.<threadId>`
  * (listed in `/proc/net/unix` as `@dmabuf-info.<pid>.<threadId>`) and answers every
  * connection with one JSON snapshot, then closes it. Only peers of the same effective user, or
- * root, get an answer (checked with `SO_PEERCRED`); others are closed without data. While
- * {@link MAX_INTROSPECTION_CLIENTS} answers are in progress, a further peer that may be
- * answered gets {@link INTROSPECTION_BUSY} instead.
+ * root, in this thread's user namespace get an answer (see {@link mayAnswerPeer}); others are
+ * closed without data. While {@link MAX_INTROSPECTION_CLIENTS} answers are in progress, a
+ * further peer that may be answered gets {@link INTROSPECTION_BUSY} instead.
  *
  * The thread listens only while it has buffers (exported or imported, not yet released): the
  * listener starts with the first and closes with the last, so a thread without buffers holds
@@ -32,6 +32,8 @@ import { serviceChannels } from './service.js';
 import { importChannels } from './importer.js';
 import { native, own, closeOwned, available, type PollHandle } from '../native/binding.js';
 import { fileKey } from '../transport/buffer-file.js';
+import { overflowUid, peerIdentity, someUidsUnmapped } from '../transport/credentials.js';
+import type { PeerCred } from '../native/binding.js';
 
 /** Version of the snapshot format; bumped on incompatible changes. */
 export const SNAPSHOT_VERSION = 1;
@@ -401,12 +403,37 @@ function acceptAll(fd: number): void {
   }
 }
 
-/** Same effective user, or root. */
+/** Who this thread is, for {@link mayAnswerPeer}. */
+export interface EndpointIdentity {
+  /** This process's effective uid. */
+  uid: number;
+  /**
+   * The overflow uid (`/proc/sys/kernel/overflowuid`) where it is ambiguous: in a user
+   * namespace that leaves some uids unmapped, any of them reads as it. Null where every uid is
+   * mapped (the initial namespace: there it is the real user `nobody`).
+   */
+  overflowUid: number | null;
+}
+
+/**
+ * Whether the info endpoint answers a peer: `cred` is its `SO_PEERCRED`, `sameUserNs` whether
+ * its process lives in this thread's user namespace (null when that could not be told). The
+ * peer must be visible in this pid namespace (pid > 0), live in the same user namespace, and be
+ * the same effective user or root. The overflow uid is refused wherever it stands for any user that has no mapping in this
+ * namespace (an exporter in an unmapped `unshare -U` even runs as that uid itself).
+ */
+export function mayAnswerPeer(cred: PeerCred, sameUserNs: boolean | null, me: EndpointIdentity): boolean {
+  if (cred.pid <= 0 || cred.uid === me.overflowUid || sameUserNs !== true) return false;
+  return cred.uid === 0 || cred.uid === me.uid;
+}
+
+let self: EndpointIdentity | null = null;
+
 function mayAnswer(fd: number): boolean {
   try {
-    const { uid } = native.peerCred(fd);
-    const me = process.geteuid?.() ?? -1;
-    return uid === 0 || uid === me;
+    self ??= { uid: process.geteuid?.() ?? -1, overflowUid: someUidsUnmapped() ? overflowUid() : null };
+    const peer = peerIdentity(fd);
+    return peer !== null && mayAnswerPeer(peer.cred, peer.sameUserNs, self);
   } catch {
     return false;
   }

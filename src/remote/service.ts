@@ -385,10 +385,24 @@ export function describe(buf: DmaBuf, channel: ServiceChannel, reused: boolean):
 }
 
 /**
+ * Whether a HELLO's channel belongs to the process that sent the HELLO: its `SO_PEERCRED`
+ * (the process that created the socket pair) must be the sender that the kernel vouches for
+ * (`SCM_CREDENTIALS`). A HELLO without credentials is refused.
+ */
+function channelOfSender(channelFd: number, cred: { pid: number } | null): boolean {
+  if (cred === null || cred.pid <= 0) return false;
+  try {
+    return native.peerCred(channelFd).pid === cred.pid;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Handles a message that arrived through a buffer's file: a HELLO from an importer. Anything
  * else is dropped, its descriptors closed. Never throws.
  */
-export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0): void {
+export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0, cred: { pid: number; uid: number; gid: number } | null = null): void {
   const c = native.constants;
   if (flags & c.MSG_CTRUNC) {
     // The kernel dropped the HELLO's channel: this process is out of descriptors. The
@@ -412,6 +426,18 @@ export function handleHello(buf: DmaBuf, data: Buffer, fds: number[], flags = 0)
     } catch {
       channelFd = -1;
     }
+  }
+  if (channelFd >= 0 && !channelOfSender(channelFd, cred)) {
+    // The channel is not the sender's own (a descriptor of another process's buffer or
+    // channel, passed on): keeping it would pin what it belongs to. Refused, and said why.
+    const id = data.length >= 12 ? data.readUInt32LE(8) : 0;
+    try {
+      native.sendmsg(channelFd, encode(MsgType.ERROR, id, { code: 'EPERM', message: 'the channel of a HELLO must be a socket the sending process created' }), [], c.MSG_DONTWAIT);
+    } catch {
+      // not ours to answer
+    }
+    warnLimited('foreign-channel', `refused a HELLO for buffer "${buf.name}" from pid ${cred?.pid ?? 'unknown'}: its channel was created by another process`);
+    channelFd = -1;
   }
   if (channelFd < 0) {
     closeAll(fds);

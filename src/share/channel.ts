@@ -11,7 +11,7 @@
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { native, own, closeOwned, type PollHandle, type PeerCred, type RecvResult } from '../native/binding.js';
-import { DmaBuf } from '../core/dma-buf.js';
+import { DmaBuf, attachMapped } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import { ChannelMessageType, HANDOFF_MAX_FDS, decodeChannelMessage, encodeChannelMessage, encodeHandoffMessage } from '../transport/channel-wire.js';
 import { endRoute, offerHandoff, type HandoffOffer } from '../remote/handoff.js';
@@ -487,18 +487,7 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
       }
       const buffer = await DmaBuf.get(fd, signal ? { signal } : {});
       if (!map) return { buffer, meta };
-      try {
-        const attachment = await buffer.attach(map.device);
-        try {
-          return { buffer, meta, attachment, sgt: await attachment.map(map.direction, signal ? { signal } : {}) };
-        } catch (err) {
-          await attachment.detach().catch(() => {});
-          throw err;
-        }
-      } catch (err) {
-        buffer.put();
-        throw err;
-      }
+      return { ...await attachMapped(buffer, map.device, map.direction, signal), meta };
     } catch (err) {
       const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err), { cause: err });
       if (e.code === 'EMFILE' || e.code === 'ENFILE') {

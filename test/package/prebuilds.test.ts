@@ -121,3 +121,23 @@ test('the layout for the per-ABI views addon: its prebuilds sit in views/, where
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+/** The views addon's prebuilds: one per Node ABI (20, 22, 24) and glibc architecture. */
+const VIEWS_PREBUILDS = ['x64', 'arm64'].flatMap((arch) => [115, 127, 137].map((abi) => ({ arch, abi, file: `prebuilds/linux-${arch}/views/dmabuf_views.abi${abi}.glibc.node`, machine: arch === 'x64' ? 62 : 183 })));
+
+test('the views addon ships prebuilt for Node 20, 22 and 24 (x64 and arm64 glibc), and this Node\'s one makes uncounted views', { skip: process.arch !== 'x64' || existsSync('/etc/alpine-release') ? 'not an x64 glibc machine' : false }, () => {
+  for (const p of VIEWS_PREBUILDS) {
+    const bytes = readFileSync(path.join(ROOT, p.file));
+    assert.equal(bytes.subarray(0, 4).toString('latin1'), '\x7fELF', p.file);
+    assert.equal(bytes.readUInt16LE(18), p.machine, `${p.file}: e_machine`);
+  }
+  const own = VIEWS_PREBUILDS.find((p) => p.arch === 'x64' && String(p.abi) === process.versions.modules);
+  if (!own) return; // a Node without a views prebuild: the C addon's counted views are used
+  // Loaded from the prebuilds alone (no build/Release), the factory is accepted and views are uncounted.
+  const script = `
+    const v = require(${JSON.stringify(path.join(ROOT, own.file))});
+    console.log(JSON.stringify({ factory: typeof v.factory, reason: v.reason ?? '' }));`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { factory: 'object', reason: '' });
+});
