@@ -66,4 +66,12 @@ export interface Reservation {
    * @throws {DmaBufError} `EINVAL` for an unknown usage.
    */
   exportFence(usage: DmaResvUsage): DmaFence | Promise<DmaFence>;
+  /**
+   * A new descriptor, owned by the caller, of a fence for what a user of `usage` must respect
+   * now: the fence descriptor of {@link Reservation.exportFence} (a fence file, or a kernel
+   * sync_file when the kernel holds the fences), without importing it here.
+   *
+   * @throws {DmaBufError} `EINVAL` for an unknown usage; `EMFILE` when out of descriptors.
+   */
+  exportFd(usage: DmaResvUsage): number | Promise<number>;
 }

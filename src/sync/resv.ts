@@ -165,6 +165,20 @@ export class DmaResv implements Reservation {
     return DmaFence.merge(pending, { name: `reservation snapshot (${usage})` });
   }
 
+  /**
+   * A new descriptor of the fence file of {@link DmaResv.exportFence}, owned by the caller:
+   * the exported sync file of a buffer of this thread.
+   *
+   * @throws {DmaBufError} `EINVAL` for an unknown usage; `EMFILE` when out of descriptors.
+   * @example
+   * ```ts
+   * const fd = resv.exportFd('write');   // what a writer must wait for now, for another process
+   * ```
+   */
+  exportFd(usage: DmaResvUsage): number {
+    return this.exportFence(usage).toFd();
+  }
+
   #prune(): void {
     // First ask every fence (an imported one checks its fence file, and may run callbacks
     // that use this object), then drop the signalled ones without running anything.

@@ -53,7 +53,7 @@ test('exportSyncFile while a vgem write fence is pending: active, then signalled
   vgem.close();
 });
 
-test('importSyncFile as a write fence: a reader\'s syncStart waits for it, then proceeds', { skip: needsAll(needsVgem(), needsDmaHeap()) }, async () => {
+test('importSyncFile as a write fence: a reader\'s beginCpuAccess waits for it, then proceeds', { skip: needsAll(needsVgem(), needsDmaHeap()) }, async () => {
   const vgem = new Vgem(vgemCard()!);
   const { buf: producer, fence, handle } = await fencedVgemBuffer(vgem);
   const target = dmaHeap('system').allocate(4096);
@@ -61,15 +61,15 @@ test('importSyncFile as a write fence: a reader\'s syncStart waits for it, then 
   importSyncFile(target, done, 'write');
   using targetFences = exportSyncFile(target, 'read');
   assert.equal(targetFences.status, 'active', 'readers of the target now wait for the producer');
-  const reading = target.syncStart('read');
+  const reading = target.beginCpuAccess('read');
   assert.equal(await pending(reading, 100), true, 'CPU read access waits for the imported write fence');
   const aborted = new AbortController();
-  const second = target.syncStart('write', { signal: aborted.signal });
+  const second = target.beginCpuAccess('write', { signal: aborted.signal });
   aborted.abort();
   await assert.rejects(second, (e: unknown) => DmaBufError.is(e, 'EINTR'));
   vgem.signal(fence);
   await reading;
-  await target.syncEnd('read');
+  await target.endCpuAccess('read');
   assert.equal(targetFences.status, 'signaled');
   assert.throws(() => importSyncFile(target, done, 'sideways' as never), (e: unknown) => DmaBufError.is(e, 'EINVAL'));
   target.put();
