@@ -5,13 +5,14 @@
  *
  * Per frame, in slot `frame % N`:
  * 1. The producer waits until every consumer has claimed the slot's previous frame (its read
- *    fence is in the slot's reservation object), then `beginCpuAccess('write')` waits for
- *    those read fences: nobody is still reading the slot.
- * 2. It adds a write fence to the slot's reservation object, announces the frame, paints it
- *    and signals the fence.
- * 3. A consumer, told of the frame, adds its read fence and claims the frame (from then on the
- *    producer cannot repaint the slot before that fence signals), waits with
- *    `beginCpuAccess('read')` for the write fence, reads, and signals its read fence.
+ *    fence is in the slot's reservation object), then `beginCpuAccess('write', { fence })`
+ *    adds the frame's write fence after those read fences and waits for them: nobody still
+ *    reads the slot.
+ * 2. It announces the frame, paints it and signals the write fence.
+ * 3. A consumer, told of the frame, calls `beginCpuAccess('read', { fence })`: its read fence
+ *    goes into the slot's reservation object after the write fence, which it waits for (one
+ *    round trip to the exporter). It claims the frame (from then on the producer cannot
+ *    repaint the slot before that read fence signals), reads, and signals its read fence.
  *
  * Transport-free: the caller carries announcements and claims (worker messages, a child's
  * IPC, a socket).
@@ -54,8 +55,9 @@ export class RingProducer {
   }
 
   /**
-   * Produces the next frame: waits for the slot (claims, then `beginCpuAccess('write')`),
-   * adds the frame's write fence, calls `announce`, then `paint`, and signals the fence.
+   * Produces the next frame: waits for the slot (claims, then `beginCpuAccess('write')` with
+   * the frame's write fence), calls `announce`, then `paint`, and signals the fence. One at a
+   * time.
    *
    * @returns The frame's number.
    */
@@ -65,9 +67,8 @@ export class RingProducer {
     const { buf, view } = this.#slots[slot]!;
     const previous = frame - this.#slots.length;
     while (this.#claimed[slot]!.some((c) => c < previous)) await new Promise<void>((resolve) => { this.#wake = resolve; });
-    await buf.beginCpuAccess('write');
     const painted = this.#paints.create(frame + 1, { name: `frame ${frame} painted` });
-    await buf.resv.add(painted, 'write');
+    await buf.beginCpuAccess('write', { fence: painted });
     announce(frame, slot);
     try {
       paint(view, frame);
@@ -90,16 +91,15 @@ export class RingProducer {
 }
 
 /**
- * A consumer's side of one frame: adds a read fence to the slot's reservation object,
- * `claim()`s the frame, waits for the producer's write fence (`beginCpuAccess('read')`),
- * runs `read`, and signals the read fence (also when `read` throws).
+ * A consumer's side of one frame: `beginCpuAccess('read')` with a read fence (added to the
+ * slot's reservation object, after the producer's write fence, which it waits for),
+ * `claim()`s the frame, runs `read`, and signals the read fence (also when `read` throws).
  */
 export async function consumeFrame<T>(buf: DmaBuf, claim: () => void, read: () => T | Promise<T>): Promise<T> {
   const reading = new DmaFence({ name: 'ring: frame read' });
   try {
-    await buf.resv.add(reading, 'read');
+    await buf.beginCpuAccess('read', { fence: reading });
     claim();
-    await buf.beginCpuAccess('read');
     try {
       return await read();
     } finally {

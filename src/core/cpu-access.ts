@@ -12,7 +12,10 @@
  */
 import { DmaBufError } from './errors.js';
 import type { CpuAccess } from './ops.js';
-import type { DmaResvUsage, Reservation } from '../sync/index.js';
+import { DmaFence } from '../sync/fence.js';
+import { addAndWait } from '../sync/reservation.js';
+import type { Reservation } from '../sync/reservation.js';
+import type { DmaResvUsage } from '../sync/usage.js';
 
 /**
  * Which side of a buffer's fences a sync file stands for: `'read'`, what a reader must wait
@@ -46,6 +49,14 @@ export interface CpuAccessOptions {
   timeout?: number;
   /** Aborting it fails the wait with `EINTR`. */
   signal?: AbortSignal;
+  /**
+   * This access's own fence, which its user signals when the access ends: it is added to the
+   * buffer's reservation object (as a `'read'` fence for a read, a `'write'` fence for a write)
+   * after the fences the access must respect, which are then waited for; users that come
+   * later wait for it. One step, so that no writer slips in between (for an imported buffer,
+   * one round trip). On a timeout or an abort it stays added: signal it then too.
+   */
+  fence?: DmaFence;
 }
 
 /** Options of {@link DmaBuf.endCpuAccess}: the range given to `beginCpuAccess`. */
@@ -62,6 +73,7 @@ export interface ParsedCpuAccess {
   length: number;
   timeout: number | undefined;
   signal: AbortSignal | undefined;
+  fence: DmaFence | undefined;
 }
 
 /**
@@ -98,11 +110,11 @@ export function usageOfAccess(access: CpuAccess): DmaResvUsage {
  *   non-negative number, or a signal that is not an `AbortSignal`.
  */
 export function parseCpuAccessOptions(op: string, size: number, options: CpuAccessOptions | undefined): ParsedCpuAccess {
-  if (options === undefined) return { offset: 0, length: size, timeout: undefined, signal: undefined };
+  if (options === undefined) return { offset: 0, length: size, timeout: undefined, signal: undefined, fence: undefined };
   if (options === null || typeof options !== 'object') {
-    throw new DmaBufError('EINVAL', `${op}: options must be an object ({ offset?, length?, timeout?, signal? })`, { op });
+    throw new DmaBufError('EINVAL', `${op}: options must be an object ({ offset?, length?, timeout?, signal?, fence? })`, { op });
   }
-  const { offset = 0, timeout, signal } = options;
+  const { offset = 0, timeout, signal, fence } = options as CpuAccessOptions;
   if (!Number.isSafeInteger(offset) || offset < 0 || offset >= size) {
     throw new DmaBufError('EINVAL', `${op}: offset must be an integer from 0 to ${size - 1} (the buffer has ${size} bytes), got ${String(offset)}`, { op });
   }
@@ -116,7 +128,10 @@ export function parseCpuAccessOptions(op: string, size: number, options: CpuAcce
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     throw new DmaBufError('EINVAL', `${op}: signal must be an AbortSignal`, { op });
   }
-  return { offset, length, timeout, signal };
+  if (fence !== undefined && !(fence instanceof DmaFence)) {
+    throw new DmaBufError('EINVAL', `${op}: fence must be a DmaFence`, { op });
+  }
+  return { offset, length, timeout, signal, fence };
 }
 
 /**
@@ -151,12 +166,15 @@ export async function withTimeout<T>(op: string, what: string, timeout: number |
 
 /**
  * Waits until the fences of `resv` that `access` must respect have signalled (the core's
- * implicit-fence wait of `dma_buf_begin_cpu_access`).
+ * implicit-fence wait of `dma_buf_begin_cpu_access`); with the access's own `fence`, adds it
+ * first (after the fences it must wait for, which are then those present before it).
  *
  * @throws {DmaBufError} `EINTR` when `signal` aborts; what the reservation object throws
  *   (`EPIPE` for a buffer whose exporter is gone).
  */
-export async function waitForCpuAccess(resv: Reservation, access: CpuAccess, signal: AbortSignal | undefined): Promise<void> {
+export async function waitForCpuAccess(resv: Reservation, access: CpuAccess, fence: DmaFence | undefined, signal: AbortSignal | undefined): Promise<void> {
   // No timeout here: the caller's timeout aborts `signal` (see withTimeout).
-  await resv.wait(usageOfAccess(access), signal ? { signal } : undefined);
+  const options = signal ? { signal } : undefined;
+  if (fence) await addAndWait(resv, fence, usageOfAccess(access), options);
+  else await resv.wait(usageOfAccess(access), options);
 }

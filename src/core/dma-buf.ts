@@ -547,8 +547,9 @@ export class DmaBuf<Priv = unknown> implements Disposable {
    * process), then waits, without blocking the event loop, for the fences of the buffer's
    * reservation object that this access must respect: a reader waits for the write fences
    * (and kernel ones), a writer (`'write'`, `'read-write'`) for every fence but bookkeeping
-   * ones. Pair it with {@link endCpuAccess}. Kernel dma-bufs go through the kernel's
-   * `DMA_BUF_IOCTL_SYNC`.
+   * ones. With `fence` (this access's own, which the caller signals when it is done), the
+   * fence is added first, in the same step, so that later users wait for it. Pair it with
+   * {@link endCpuAccess}. Kernel dma-bufs go through the kernel's `DMA_BUF_IOCTL_SYNC`.
    *
    * @throws {DmaBufError} `EINVAL` after put, for an unknown access or a range outside the
    *   buffer; `ETIMEDOUT` when `timeout` ran out first; `EINTR` when `signal` aborts the wait;
@@ -556,16 +557,18 @@ export class DmaBuf<Priv = unknown> implements Disposable {
    *   `beginCpuAccess` throws.
    * @example
    * ```ts
-   * await buf.beginCpuAccess('read', { timeout: 1000 });
+   * const reading = new DmaFence({ name: 'reading' });
+   * await buf.beginCpuAccess('read', { fence: reading, timeout: 1000 });
    * const sum = sgt.segments[0].view!.reduce((a, b) => a + b, 0);
    * await buf.endCpuAccess('read');
+   * reading.signal();                    // writers in every process may go on
    * ```
    */
   async beginCpuAccess(access: CpuAccess, options?: CpuAccessOptions): Promise<void> {
     const op = 'beginCpuAccess';
     this.#assertLive(op);
     checkCpuAccess(op, access);
-    const { offset, length, timeout, signal } = parseCpuAccessOptions(op, this.size, options);
+    const { offset, length, timeout, signal, fence } = parseCpuAccessOptions(op, this.size, options);
     const begin = this.ops.beginCpuAccess;
     const resv = this.resv;
     await withTimeout(op, `the fences of "${this.#name}" (${this.exporter})`, timeout, signal, async (sig) => {
@@ -576,7 +579,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
           throw asOpError(err, op, 'ops.beginCpuAccess');
         }
       }
-      await waitForCpuAccess(resv, access, sig);
+      await waitForCpuAccess(resv, access, fence, sig);
     });
   }
 

@@ -10,6 +10,7 @@
  * | `fences(usage)` | RESV_FENCES | up to 4 fence files, back |
  * | `test(usage)` | RESV_WAIT with timeout 0 | nothing |
  * | `wait(usage, options)` | RESV_WAIT, answered when done; CANCEL on abort | nothing |
+ * | `addAndWait(fence, usage, options)` | RESV_WAIT with the fence | the fence's fence file |
  * | `exportFence(usage)`, `exportFd(usage)` | RESV_EXPORT | one fence file, back |
  *
  * A wait costs one round trip and no descriptor: the exporter answers when its fences have
@@ -151,12 +152,34 @@ export class RemoteResv implements Reservation {
     return this.#wait(usage, timeout, signal);
   }
 
-  async #wait(usage: DmaResvUsage, timeout: number, signal: AbortSignal | undefined): Promise<boolean> {
+  /**
+   * Adds `fence` with `usage` after the fences a user of `usage` must respect, and waits for
+   * those, in one round trip (a RESV_WAIT that carries the fence).
+   *
+   * @returns `true`, or `false` when `timeout` ran out (`fence` stays added).
+   * @throws {DmaBufError} as {@link RemoteResv.add} and {@link RemoteResv.wait}.
+   */
+  async addAndWait(fence: DmaFence, usage: DmaResvUsage, options?: FenceWaitOptions): Promise<boolean> {
+    respectedLevel(usage, 'addAndWait');
+    if (!(fence instanceof DmaFence)) throw new DmaBufError('EINVAL', 'addAndWait: fence must be a DmaFence', { op: 'addAndWait' });
+    const { timeout, signal } = parseWaitOptions(options, 'addAndWait');
+    if (signal?.aborted) throw new DmaBufError('EINTR', 'addAndWait: interrupted by an aborted signal', { op: 'addAndWait', cause: signal.reason });
+    this.#link.live('resv.addAndWait');
+    const fd = fence.toFd();
+    try {
+      return await this.#wait(usage, timeout, signal, fd);
+    } finally {
+      native.close(fd);
+    }
+  }
+
+  async #wait(usage: DmaResvUsage, timeout: number, signal: AbortSignal | undefined, fence?: number): Promise<boolean> {
     const body: Record<string, unknown> = { usage };
     if (timeout !== Infinity) body.timeout = Math.min(Math.ceil(timeout), MAX_WAIT_MS);
     const reply = await this.#request('resv.wait', MsgType.RESV_WAIT, body, {
       signal,
       onAbort: (id) => this.#link.notify(MsgType.CANCEL, { request: id }),
+      fds: fence === undefined ? [] : [fence],
     });
     closeAll(reply.fds);
     return field.bool(reply.msg.body, 'signaled');

@@ -25,6 +25,7 @@ import type { DmaBuf } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import type { CpuAccess } from '../core/ops.js';
 import { DmaFence } from '../sync/fence.js';
+import { addAndWait } from '../sync/reservation.js';
 import { DMA_RESV_USAGES, type DmaResvUsage } from '../sync/usage.js';
 import { charge, refund, serviceLimits } from './limits.js';
 import { MAX_RESV_FENCES, MsgType, field, type Message } from './protocol.js';
@@ -117,6 +118,8 @@ export class ResvService {
         case MsgType.RESV_WAIT: {
           const usage = field.oneOf(body, 'usage', DMA_RESV_USAGES);
           const timeout = body.timeout === undefined ? Infinity : field.uint(body, 'timeout');
+          if (fds.length > 1) throw new DmaBufError('EPROTO', `protocol: a RESV_WAIT carries at most one descriptor (the waiter's own fence), got ${fds.length}`, { op: 'protocol' });
+          if (fds.length === 1) return await this.#addAndWait(msg.id, buf, usage, fds[0]!, timeout);
           if (timeout === 0) return { body: { signaled: await buf.resv.test(usage) }, fds: [] };
           const signaled = await this.#waiting(msg.id, 'resv.wait', (signal) => buf.resv.wait(usage, { timeout, signal }));
           return { body: { signaled }, fds: [] };
@@ -146,19 +149,36 @@ export class ResvService {
   }
 
   async #add(buf: DmaBuf, usage: DmaResvUsage, fd: number): Promise<Answer> {
-    const op = 'resv.add';
+    await this.#withFence('resv.add', buf, usage, fd, async (fence) => {
+      if (!fence.signaled) await buf.resv.add(fence, usage);
+    });
+    return { body: {}, fds: [] };
+  }
+
+  /** RESV_WAIT with the waiter's own fence: added after what it must respect, which is waited for. */
+  async #addAndWait(id: number, buf: DmaBuf, usage: DmaResvUsage, fd: number, timeout: number): Promise<Answer> {
+    const op = 'resv.addAndWait';
+    const signaled = await this.#withFence(op, buf, usage, fd, (fence) =>
+      this.#waiting(id, op, (signal) => addAndWait(buf.resv, fence, usage, { timeout, signal })));
+    return { body: { signaled }, fds: [] };
+  }
+
+  /**
+   * Imports the fence of `fd` for `fn`, which adds it to `buf`'s reservation object with
+   * `usage`: checked and counted first (past a limit, nothing is imported), and counted until
+   * it signals once added.
+   */
+  async #withFence<T>(op: string, buf: DmaBuf, usage: DmaResvUsage, fd: number, fn: (fence: DmaFence) => Promise<T>): Promise<T> {
     if (buf.readOnly && (usage === 'write' || usage === 'kernel')) {
       throw new DmaBufError('EACCES', `${op}: buffer "${buf.name}" is ${buf.sealed ? 'sealed' : 'read-only'} for importers; they may add 'read' and 'bookkeep' fences only`, { op });
     }
-    // Counted before anything is imported: past a limit, nothing is kept.
     chargeFence(this.#pid, buf);
     let kept = false;
     try {
       const fence = await DmaFence.fromFd(fd, { name: `fence of pid ${this.#pid}` });
-      if (fence.signaled) return { body: {}, fds: [] };
-      await buf.resv.add(fence, usage);
+      // Kept from before the add (a wait may follow it) until the fence signals.
       kept = keepCharge(fence, this.#pid, buf);
-      return { body: {}, fds: [] };
+      return await fn(fence);
     } finally {
       if (!kept) refundFence(this.#pid, buf);
     }
