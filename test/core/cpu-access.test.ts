@@ -67,6 +67,31 @@ test('beginCpuAccess: a reader waits for write fences only, a writer for read fe
   bookkeeping.signal();
 });
 
+test('beginCpuAccess with its own fence: added after the fences it waits for, so that later users wait for it; a writer does not wait for itself', async () => {
+  using buf = systemHeap.allocate(4096);
+  const r1 = new DmaFence({ name: 'r1' });
+  buf.resv.add(r1, 'read');
+  const w = new DmaFence({ name: 'w' });
+  const writing = buf.beginCpuAccess('write', { fence: w });
+  assert.equal(await pending(writing), true, 'the writer waits for the reader before it');
+  assert.deepEqual(buf.resv.fences('write'), [r1, w], 'its fence is in already');
+  const later = buf.beginCpuAccess('read', { fence: new DmaFence({ name: 'r2' }) });
+  r1.signal();
+  await writing;
+  assert.equal(await pending(later), true, 'a reader that came later waits for the writer\'s fence');
+  w.signal();
+  await later;
+  for (const f of await buf.resv.fences('bookkeep')) f.signal();
+  await assert.rejects(buf.beginCpuAccess('read', { fence: {} as DmaFence }), is('EINVAL', /fence must be a DmaFence/));
+  const stuck = new DmaFence({ name: 'stuck' });
+  buf.resv.add(stuck, 'write');
+  const mine = new DmaFence({ name: 'mine' });
+  await assert.rejects(buf.beginCpuAccess('read', { fence: mine, timeout: 10 }), is('ETIMEDOUT'));
+  assert.ok((await buf.resv.fences('write')).includes(mine), 'on a timeout the fence stays added: its owner signals it');
+  mine.signal(new DmaBufError('ETIMEDOUT', 'gave up'));
+  stuck.signal();
+});
+
 test('beginCpuAccess calls the exporter\'s beginCpuAccess with the range before it waits for the fences; endCpuAccess calls endCpuAccess', async () => {
   const order: string[] = [];
   const fence = new DmaFence({ name: 'f' });

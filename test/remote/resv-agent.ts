@@ -32,7 +32,12 @@ Object.assign(handlers, {
   key: ({ id }) => ({ key: keyOf(fence(id)) }),
   test: async ({ buf: b, usage }) => ({ result: await buf(b).resv.test(usage) }),
   waitResv: ({ buf: b, usage, tag, timeout }) => { settle('waited', tag, buf(b).resv.wait(usage, timeout === undefined ? undefined : { timeout })); },
-  begin: ({ buf: b, access, tag, timeout }) => { settle('began', tag, buf(b).beginCpuAccess(access, timeout === undefined ? undefined : { timeout })); },
+  begin: ({ buf: b, access, tag, timeout, fence: id }) => {
+    const options = {};
+    if (timeout !== undefined) options.timeout = timeout;
+    if (id !== undefined) options.fence = fence(id);
+    settle('began', tag, buf(b).beginCpuAccess(access, options));
+  },
   end: async ({ buf: b, access }) => { await buf(b).endCpuAccess(access); },
   exportSync: async ({ buf: b, access, id }) => {
     const fd = await buf(b).exportSyncFile(access);

@@ -14,6 +14,7 @@ import fc from 'fast-check';
 import { CpuDevice, DMA_RESV_USAGES, DmaBuf, DmaBufError, DmaFence, DEFAULT_SERVICE_LIMITS, setServiceLimits, systemHeap, type DmaResvUsage } from '../../src/index.js';
 import { usageFor } from '../../src/remote/limits.js';
 import { importedFenceCount } from '../../src/remote/resv-service.js';
+import { serviceChannels } from '../../src/remote/service.js';
 import { openFdCount, reapChildren, waitFor } from '../helpers.js';
 import { fdNeutral, checkDescriptorsAfterEach, type Agent } from '../sync/agent.js';
 import { fenceKey, withBufferAgents } from './resv-agent.js';
@@ -296,6 +297,35 @@ test('CPU access: a reader in another process and the exporter wait for a writer
     }
   });
 });
+
+test('beginCpuAccess with its own fence, in another process: one round trip adds the reader\'s fence after the writer\'s and waits for that; the next writer waits for the reader', async () => {
+  await shared(1, 'cpu-access-fence', async (buf, reader) => {
+    const painting = new DmaFence({ name: 'painting' });
+    await buf.beginCpuAccess('write', { fence: painting });
+    await reader.call('create', { id: 'reading' });
+    const requestsBefore = serviceRequests();
+    await reader.call('begin', { buf: 'buf', access: 'read', tag: 'r', fence: 'reading' });
+    const began = reader.next((l) => l.event === 'began' && l.tag === 'r');
+    const readingKey = (await reader.call('key', { id: 'reading' })).key;
+    await waitFor(() => serviceRequests() > requestsBefore, 5000, 'the request to reach the exporter');
+    assert.equal(serviceRequests() - requestsBefore, 1, 'one request: the fence and the wait together');
+    assert.deepEqual((await buf.resv.fences('write')).map(fenceKey), [fenceKey(painting), readingKey], 'the reader\'s fence is in, after the writer\'s');
+    assert.equal(await pending(began), true, 'the reader waits for the writer');
+    const repainting = new DmaFence({ name: 'repainting' });
+    const again = buf.beginCpuAccess('write', { fence: repainting });
+    painting.signal();
+    assert.equal((await began).code, undefined);
+    assert.equal(await pending(again), true, 'the next writer waits for the reader');
+    await reader.call('signal', { id: 'reading' });
+    await again;
+    repainting.signal();
+  });
+});
+
+/** Requests answered by this thread's service channels so far. */
+function serviceRequests(): number {
+  return serviceChannels().reduce((n, c) => n + c.requests, 0);
+}
 
 test('hostile: a holder adding endless fences is refused with ENOSPC past the per-buffer and per-process limits, others are served, and its fences go when it dies', async () => {
   setServiceLimits({ maxFencesPerBuffer: 16, maxFencesPerProcess: 24 });
