@@ -7,15 +7,17 @@
  *   writes the slot, sends its number, and waits for the receiver's answer: one frame at a
  *   time, by construction.
  * - The fenced ring (`cli/fenced-ring.ts`, `receivers/fenced.ts`): per frame the producer
- *   waits for the slot (the consumer's claim, then `beginCpuAccess('write')` for its read
- *   fence), adds a write fence to the slot's reservation object, announces the frame, writes
- *   it and signals; the consumer adds a read fence, claims the frame, waits with
- *   `beginCpuAccess('read')` (one RESV_WAIT to the exporter), reads and signals. Up to 8
- *   frames are in flight.
+ *   waits for the slot (the consumer's claim of its previous frame), then
+ *   `beginCpuAccess('write', { fence })` adds the frame's write fence to the slot's
+ *   reservation object after the consumer's read fence and waits for it; it announces the
+ *   frame, writes it and signals. The consumer's `beginCpuAccess('read', { fence })` adds its
+ *   read fence after the write fence and waits for that (one RESV_WAIT to the exporter,
+ *   carrying the read fence); it claims the frame, reads and signals. Up to 8 frames are in
+ *   flight.
  *
  * Two kinds of frame: "ends" (the first and last byte written and read, as case 3: the cost
- * of the synchronisation alone) and "full" (every byte written with `fill` and read by summing
- * it: a frame's real work, which the fenced ring overlaps on both sides).
+ * of the synchronisation alone) and "full" (every byte written with `fill` and read, compared
+ * 4 bytes at a time: a frame's real work, which the fenced ring overlaps on both sides).
  */
 import { once } from 'node:events';
 import { CpuDevice, systemHeap, type DmaBuf, type DmaBufAttachment } from '../../src/index.js';
@@ -33,6 +35,8 @@ const ROUNDS = 2;
 interface Measured {
   times: number[];
   fps: number;
+  /** Fenced ring: CPU time per frame (µs, user + system) of the producer and of the consumer. */
+  cpu?: { producer: number; consumer: number };
 }
 
 /** The fenced ring: per-frame periods (ns, between frames finished) and frames per second. */
@@ -75,6 +79,7 @@ async function fencedRing(ctx: Context, work: RingWork): Promise<Measured> {
       }
     };
     const warm = Math.min(200, work.frames);
+    const cpu0 = process.cpuUsage();
     for (let f = 0; f < warm; f++) await ring.produce(announce, write);
     await ring.drain();
     const times: number[] = [];
@@ -91,11 +96,14 @@ async function fencedRing(ctx: Context, work: RingWork): Promise<Measured> {
     note.fill(0);
     note[5] = 1;
     native.sendmsg(ntfMine, note, [], 0);
+    const cpuP = process.cpuUsage(cpu0);
     const stopped = await reply();
     if (stopped.bad !== 0) throw new Error(`fenced ring: the consumer read ${String(stopped.bad)} frames that were not whole`);
     const fps = work.frames / (elapsed / 1e9);
-    ctx.log(`  fenced ring (${work.full ? 'full' : 'ends'}): ${fps.toFixed(0)} frames/s, median period ${fmtTime(stats(times).median)} over ${times.length} frames`);
-    return { times, fps };
+    const all = warm + work.frames;
+    const cpu = { producer: (cpuP.user + cpuP.system) / all, consumer: Number(stopped.cpuUs) / all };
+    ctx.log(`  fenced ring (${work.full ? 'full' : 'ends'}): ${fps.toFixed(0)} frames/s, median period ${fmtTime(stats(times).median)} over ${times.length} frames; CPU per frame ${cpu.producer.toFixed(0)} µs producer, ${cpu.consumer.toFixed(0)} µs consumer`);
+    return { times, fps, cpu };
   } finally {
     stopClaims();
     link.close();
@@ -135,8 +143,9 @@ export const ring: BenchCase = {
       const fps = (ms: Measured[]): number => ms.reduce((a, m) => a + m.fps, 0) / ms.length;
       const f = fps(fenced);
       const m = fps(message);
-      const what = label === 'ends' ? 'first and last byte written and read' : 'every byte written (fill) and read (sum)';
-      rows.push({ case: 'ring', method: `fenced ring, ${what}`, size: FRAME, metric: 'period per frame', unit: 'ns', stats: stats(fenced.flatMap((x) => x.times)), extra: { fps: f, roundsFps: fenced.map((x) => x.fps) } });
+      const what = label === 'ends' ? 'first and last byte written and read' : 'every byte written (fill) and read (compared)';
+      const cpuOf = (side: 'producer' | 'consumer'): number => fenced.reduce((a, x) => a + x.cpu![side], 0) / fenced.length;
+      rows.push({ case: 'ring', method: `fenced ring, ${what}`, size: FRAME, metric: 'period per frame', unit: 'ns', stats: stats(fenced.flatMap((x) => x.times)), extra: { fps: f, roundsFps: fenced.map((x) => x.fps), cpuPerFrameUs: { producer: cpuOf('producer'), consumer: cpuOf('consumer') } } });
       rows.push({ case: 'ring', method: `pooled message ring, ${what}`, size: FRAME, metric: 'round trip per frame', unit: 'ns', stats: stats(message.flatMap((x) => x.times)), extra: { fps: m, roundsFps: message.map((x) => x.fps) } });
       targets.push({
         name: `fenced ring at 8 MiB against the pooled message ring (${what})`,
@@ -144,7 +153,7 @@ export const ring: BenchCase = {
         measured: `${f.toFixed(0)} against ${m.toFixed(0)} frames/s (${(f / m).toFixed(2)}x)`,
         met: null,
       });
-      notes.push(`${what}: fenced ring ${f.toFixed(0)} frames/s (rounds: ${fenced.map((x) => x.fps.toFixed(0)).join(', ')}), pooled message ring ${m.toFixed(0)} frames/s (rounds: ${message.map((x) => x.fps.toFixed(0)).join(', ')}); ${work.frames} frames per round after 200 warm-up frames (${Math.min(200, work.frames)} for the full frames), ${ROUNDS} rounds alternating.`);
+      notes.push(`${what}: fenced ring ${f.toFixed(0)} frames/s (rounds: ${fenced.map((x) => x.fps.toFixed(0)).join(', ')}; CPU per frame, warm-up included: ${cpuOf('producer').toFixed(0)} µs in the producer, ${cpuOf('consumer').toFixed(0)} µs in the consumer), pooled message ring ${m.toFixed(0)} frames/s (rounds: ${message.map((x) => x.fps.toFixed(0)).join(', ')}); ${work.frames} frames per round after ${Math.min(200, work.frames)} warm-up frames, ${ROUNDS} rounds alternating.`);
     }
     return {
       name: 'ring',
@@ -152,7 +161,7 @@ export const ring: BenchCase = {
       description: 'Case 8',
       rows,
       notes: [
-        `A ring of ${RING} buffers of ${FRAME / MiB} MiB exported here and mapped once by this process and a child. Pooled message ring (case 3's protocol, event loop): per frame the sender writes the slot, sends one byte, and waits for the receiver's two-byte answer; one frame at a time; the row's time is that round trip. Fenced ring: per frame the producer waits for the slot (the consumer's claim, then beginCpuAccess('write') for its read fence), adds a write fence to the slot's reservation object, announces the frame (6 bytes), writes and signals; the consumer adds a read fence (RESV_ADD), claims the frame (4 bytes back), waits with beginCpuAccess('read') (RESV_WAIT), reads and signals; up to ${RING} frames in flight; the row's time is the period between frames finished. Frames per second: frames over the whole timed span (fenced: until the ring drained), averaged over the rounds.`,
+        `A ring of ${RING} buffers of ${FRAME / MiB} MiB exported here and mapped once by this process and a child. Pooled message ring (case 3's protocol, event loop): per frame the sender writes the slot, sends one byte, and waits for the receiver's two-byte answer; one frame at a time; the row's time is that round trip. Fenced ring (cli/fenced-ring.ts): per frame the producer waits for the slot (the consumer's claim of the slot's previous frame), then beginCpuAccess('write', { fence }) adds the frame's write fence to the slot's reservation object after the consumer's read fence and waits for it; it announces the frame (6 bytes), writes it and signals; the consumer's beginCpuAccess('read', { fence }) adds its read fence after the write fence and waits for it (one RESV_WAIT carrying the read fence's fence file, answered once the write fence signalled), then it claims the frame (4 bytes back), reads and signals its read fence; up to ${RING} frames in flight; the row's time is the period between frames finished (a median of bursts and waits). Frames per second: frames over the whole timed span (fenced: until the ring drained), averaged over the rounds.`,
         ...notes,
       ],
       targets,

@@ -10,7 +10,7 @@
  * - `{ op: 'run', full }`: consume until an announcement with the stop flag; each
  *   announcement is 6 bytes: the frame's number (u32 LE), the slot, and the stop flag. The
  *   read checks the frame's tag (`frame & 0x7f`): in the first and last byte, or (`full`) in
- *   every byte. Answers `{ stopped, bad }`.
+ *   every byte. Answers `{ stopped, bad, cpuUs }` (the CPU time of the run, warm-up included).
  */
 import { CpuDevice, type DmaBuf } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
@@ -22,13 +22,17 @@ const NOTIFY = 4;
 const device = new CpuDevice({ name: 'bench-fenced' });
 const slots: { buf: DmaBuf; view: Uint8Array }[] = [];
 
-function run(full: boolean, done: (bad: number) => void): void {
+function run(full: boolean, done: (bad: number, cpuUs: number) => void): void {
+  const cpu0 = process.cpuUsage();
   let bad = 0;
   let inFlight = 0;
   let stopping = false;
   const claim = new Uint8Array(4);
   const finish = (): void => {
-    if (stopping && inFlight === 0) done(bad);
+    if (stopping && inFlight === 0) {
+      const cpu = process.cpuUsage(cpu0);
+      done(bad, cpu.user + cpu.system);
+    }
   };
   watchPackets(NOTIFY, (data) => {
     if (data.length < 6 || data[5] === 1) return false;
@@ -60,7 +64,7 @@ link.listen((msg, fds) => {
       link.send({ ok: true, slots: slots.length });
     } else if (msg.op === 'run') {
       link.send({ ok: true, started: true });
-      run(msg.full === true, (bad) => link.send({ ok: true, stopped: true, bad }));
+      run(msg.full === true, (bad, cpuUs) => link.send({ ok: true, stopped: true, bad, cpuUs }));
     } else if (msg.op === 'eof') {
       process.exit(0);
     }

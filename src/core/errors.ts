@@ -30,6 +30,7 @@ export type DmaBufErrorCode =
   | 'ERANGE'
   | 'ENOTSUP'
   | 'ETIMEDOUT'
+  | 'ENOSPC'
   | (string & {});
 
 /** Options of {@link DmaBufError}. */
