@@ -80,7 +80,7 @@ export function fmtTime(ns: number | undefined): string {
   return `${(ns / 1e9).toPrecision(3)} s`;
 }
 
-export const CASES = ['handoff', 'pooled', 'fullread', 'memory', 'inprocess', 'views', 'fence'] as const;
+export const CASES = ['handoff', 'pooled', 'fullread', 'memory', 'inprocess', 'views', 'fence', 'ring'] as const;
 export type CaseName = (typeof CASES)[number];
 
 export const USAGE = `usage: npm run bench -- [--quick] [--sizes 4K,1M,1G] [--reps N] [--only ${CASES.join('|')}[,...]] [--frames N] [--out DIR]
@@ -90,7 +90,7 @@ export const USAGE = `usage: npm run bench -- [--quick] [--sizes 4K,1M,1G] [--re
   --sizes LIST   buffer sizes, comma-separated: 4K, 64KiB, 1M, 1G, 4096 (default ${FULL_SIZES.map(fmtSize).join(', ')})
   --reps N       repetitions of each size (default 7; fewer for 256 MiB and up unless given)
   --only LIST    the cases to run, comma-separated (default all)
-  --frames N     frames per mode in the pooled case, at least 10 (default 3000)
+  --frames N     frames per mode in the pooled and ring cases, at least 10 (default 3000)
   --out DIR      where the reports go (default bench/results)
   -h, --help     this text`;
 

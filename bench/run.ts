@@ -2,7 +2,7 @@
  * `npm run bench [-- --quick] [--sizes 4K,1M,1G] [--reps N] [--only case[,case]] [--frames N] [--out DIR]`
  *
  * Runs the cases (hand-off and its baselines, pooled, full read, memory, in-process, views,
- * fence), prints
+ * fence, fenced ring), prints
  * progress, and writes bench/results/<date>.json, .md and .svg (<date>-quick.* with --quick).
  */
 import { handoff } from './cases/handoff.js';
@@ -12,6 +12,7 @@ import { memory } from './cases/memory.js';
 import { inprocess } from './cases/inprocess.js';
 import { views } from './cases/views.js';
 import { fence } from './cases/fence.js';
+import { ring } from './cases/ring.js';
 import os from 'node:os';
 import { USAGE, machine, now, parseArgs, runCases, since, type Context, type Options } from './harness.js';
 import { markdown, writeReport } from './report.js';
@@ -32,7 +33,7 @@ const ctx: Context = { options, machine: m, log: (line) => console.log(line) };
 const loadStart = os.loadavg()[0]!;
 console.log(`dmabuf benchmarks: ${m.description}; load average ${loadStart.toFixed(2)}`);
 if (loadStart > m.cores / 2) console.log(`note: the machine is busy (load ${loadStart.toFixed(2)} on ${m.cores} cores): times will be noisier`);
-const cases = await runCases([handoff, pooled, fullread, memory, inprocess, views, fence], ctx);
+const cases = await runCases([handoff, pooled, fullread, memory, inprocess, views, fence, ring], ctx);
 const date = startedAt.toISOString().slice(0, 10) + (options.quick ? '-quick' : '');
 const report = {
   date,

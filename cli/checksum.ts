@@ -25,3 +25,22 @@ export function paint(bytes: Uint8Array, frame: number): void {
   for (let i = 0; i < words.length; i += step) words[i] = (frame * 2654435761 + i) >>> 0;
   words.fill(frame, 0, Math.min(words.length, 1024));
 }
+
+/**
+ * Seals a painted frame: its last 4 bytes become the checksum of the bytes before them, so
+ * that a reader can tell a whole frame from a torn one without being told the checksum.
+ */
+export function seal(bytes: Uint8Array): void {
+  const end = bytes.byteLength - 4;
+  new DataView(bytes.buffer, bytes.byteOffset + end, 4).setUint32(0, checksum(bytes.subarray(0, end)), true);
+}
+
+/**
+ * Whether `bytes` holds frame `frame`, whole: painted for that frame (its first word, see
+ * {@link paint}) and sealed (see {@link seal}).
+ */
+export function verifySealed(bytes: Uint8Array, frame: number): boolean {
+  const end = bytes.byteLength - 4;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return dv.getUint32(0, true) === frame >>> 0 && dv.getUint32(end, true) === checksum(bytes.subarray(0, end));
+}

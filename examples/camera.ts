@@ -53,12 +53,12 @@ async function child(): Promise<void> {
       sgt = await attachment.map('to-device');
       maps.set(buffer, sgt);
     }
-    await buffer.syncStart('read');
+    await buffer.beginCpuAccess('read');
     const view = sgt.segments[0]!.view!;
     const line = view.subarray((m.height >> 1) * m.bytesPerLine, ((m.height >> 1) + 1) * m.bytesPerLine);
     // YUYV: every other byte is a luma sample; one per eighth of the line (vivid's colour bars).
     const lumas = Array.from({ length: 8 }, (_, bar) => line[(Math.floor(((bar + 0.5) * m.width) / 8) & ~1) * 2]);
-    await buffer.syncEnd('read');
+    await buffer.endCpuAccess('read');
     console.log(`mapped "${buffer.name}" in pid ${process.pid}, middle line luma by eighths: ${lumas.join(' ')}`);
   }
   for (const buffer of maps.keys()) buffer.put();

@@ -6,13 +6,12 @@
  * SharedArrayBuffers with Atomics.wait/notify. Both are measured blocking (recvmsg,
  * Atomics.wait) and on the event loop (uv_poll, Atomics.waitAsync).
  */
-import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { CpuDevice, systemHeap, type DmaBuf, type DmaBufAttachment } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
 import { MiB, fmtTime, now, receiver, stats, track, type BenchCase, type CaseResult, type Context, type Row, type Target } from '../harness.js';
-import { Packets, waitAsync } from '../receivers/wire.js';
+import { startRingReceiver, waitAsync } from '../receivers/wire.js';
 
 const RING = 8;
 const FRAME = MiB;
@@ -21,21 +20,25 @@ const ROUNDS = 4;
 
 type Mode = 'sync' | 'loop';
 
-/** The dmabuf ring: returns per-frame round trips (ns) for each mode. */
-async function dmabufRing(ctx: Context, modes: Mode[]): Promise<Map<Mode, number[]>> {
+/** What a ring moves per frame: its size, how many, and whether every byte is written and read. */
+export interface RingWork {
+  /** Bytes per buffer of the ring. */
+  frame: number;
+  /** Frames per mode, after the warm-up. */
+  frames: number;
+  /** Write every byte (the sender) and read every byte (the receiver), not only the first and last. */
+  full: boolean;
+}
+
+/**
+ * The dmabuf ring (the pooled message ring): returns per-frame round trips (ns) for each mode.
+ * Per frame the sender writes the slot (its first and last byte, or every byte), sends the
+ * slot's number, and waits for the receiver's answer: the first and last byte it read, or
+ * (`full`) the byte every byte of the slot holds.
+ */
+export async function dmabufRing(ctx: Context, modes: Mode[], work: RingWork = { frame: FRAME, frames: ctx.options.frames, full: false }): Promise<Map<Mode, number[]>> {
   const c = native.constants;
-  const [ctlMine, ctlTheirs] = native.socketpair(c.SOCK_SEQPACKET, false);
-  const [ntfMine, ntfTheirs] = native.socketpair(c.SOCK_SEQPACKET, false);
-  const child = track(spawn(process.execPath, ['--no-warnings', receiver('pool')], { stdio: ['ignore', 'inherit', 'inherit', ctlTheirs, ntfTheirs] }));
-  native.close(ctlTheirs);
-  native.close(ntfTheirs);
-  const link = new Packets(ctlMine);
-  link.listen();
-  const reply = async (): Promise<Record<string, unknown>> => {
-    const r = await link.next();
-    if (!r.msg.ok) throw new Error(`pool receiver: ${String(r.msg.error ?? r.msg.op)}`);
-    return r.msg;
-  };
+  const { child, link, reply, notify: ntfMine } = startRingReceiver(receiver('pool'), track);
   const bufs: DmaBuf[] = [];
   const atts: DmaBufAttachment[] = [];
   const views: Uint8Array[] = [];
@@ -43,7 +46,7 @@ async function dmabufRing(ctx: Context, modes: Mode[]): Promise<Map<Mode, number
   try {
     await reply();
     for (let i = 0; i < RING; i++) {
-      const buf = systemHeap.allocate(FRAME, { name: `bench-ring-${i}` });
+      const buf = systemHeap.allocate(work.frame, { name: `bench-ring-${i}` });
       const att = await buf.attach(new CpuDevice({ name: 'bench-producer' }));
       const sgt = await att.map('bidirectional');
       bufs.push(buf);
@@ -54,11 +57,18 @@ async function dmabufRing(ctx: Context, modes: Mode[]): Promise<Map<Mode, number
     link.send({ op: 'ring' }, fds);
     fds.forEach((fd) => native.close(fd));
     await reply();
-    const frames = ctx.options.frames;
+    const frames = work.frames;
     const warm = Math.min(200, frames);
     const answer = new Uint8Array(2);
+    const write = (v: Uint8Array, tag: number): void => {
+      if (work.full) v.fill(tag);
+      else {
+        v[0] = tag;
+        v[v.length - 1] = tag;
+      }
+    };
     for (const mode of modes) {
-      link.send({ op: 'run', mode });
+      link.send({ op: 'run', mode, full: work.full });
       await reply();
       const times: number[] = [];
       if (mode === 'sync') {
@@ -69,8 +79,7 @@ async function dmabufRing(ctx: Context, modes: Mode[]): Promise<Map<Mode, number
           const v = views[slot]!;
           const tag = f & 0x7f;
           const t0 = now();
-          v[0] = tag;
-          v[v.length - 1] = tag;
+          write(v, tag);
           note[0] = slot;
           native.sendmsg(ntfMine, note, [], 0);
           const r = native.recvmsg(ntfMine, 16, 0, 0);
@@ -100,14 +109,13 @@ async function dmabufRing(ctx: Context, modes: Mode[]): Promise<Map<Mode, number
           const acked = new Promise<void>((resolve) => { resolveAck = resolve; });
           got = null;
           const t0 = now();
-          v[0] = tag;
-          v[v.length - 1] = tag;
+          write(v, tag);
           answer[0] = slot;
           native.sendmsg(ntfMine, answer.subarray(0, 1), [], 0);
           await acked;
           const dt = Number(now() - t0);
           const g = got as Buffer | null;
-          if (!g || g[0] !== tag || g[1] !== tag) throw new Error(`pooled (loop): frame ${f}: bad answer`);
+          if (!g || g[0] !== tag || g[1] !== tag) throw new Error(`pooled (loop): frame ${f}: bad answer ${g ? g[0] + "/" + g[1] : "none"}, wrote ${tag}`);
           if (f >= warm) times.push(dt);
         }
         native.pollClose(poll);

@@ -3,7 +3,7 @@
  *
  * - zero-copy: the frame's kernel dma-buf (V4L2 EXPBUF of vivid's buffer) goes over a
  *   BufferChannel; the receiver maps the driver's pages once per buffer and brackets each
- *   read with syncStart/syncEnd. No frame byte is copied.
+ *   read with beginCpuAccess/endCpuAccess. No frame byte is copied.
  * - read(): the device's read() copies the frame into this process, which writes it to a Unix
  *   stream socket that the receiver reads: three copies of every byte.
  *

@@ -45,9 +45,9 @@ void (async () => {
       sgt = await att.map('to-device');
       maps.set(buffer, sgt);
     }
-    await buffer.syncStart('read');
+    await buffer.beginCpuAccess('read');
     const value = consume(sgt.segments[0]!.view!.subarray(0, m.bytesUsed), m.mode, m.width);
-    await buffer.syncEnd('read');
+    await buffer.endCpuAccess('read');
     reply(m.seq, value);
   }
 })();

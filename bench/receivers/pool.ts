@@ -6,11 +6,13 @@
  *
  * - `{ op: 'ring' }` + N descriptors: get, attach, map('to-device') each, keep the views.
  * - `{ op: 'run', mode: 'sync' }`: a blocking loop in recvmsg (like Atomics.wait), until the
- *   slot 255 arrives; `mode: 'loop'`: the same on the event loop (uv_poll).
+ *   slot 255 arrives; `mode: 'loop'`: the same on the event loop (uv_poll). With `full: true`
+ *   it reads every byte of the slot and answers, twice, the byte they all hold (255 if they
+ *   differ).
  */
-import { CpuDevice, DmaBuf } from '../../src/index.js';
-import { native, type PollHandle } from '../../src/native/binding.js';
-import { Packets, readEnds } from './wire.js';
+import { CpuDevice } from '../../src/index.js';
+import { native } from '../../src/native/binding.js';
+import { Packets, importRing, readEnds, uniformByte, watchPackets } from './wire.js';
 
 const link = new Packets(3);
 const NOTIFY = 4;
@@ -19,11 +21,15 @@ const device = new CpuDevice({ name: 'bench-pool' });
 const views: Uint8Array[] = [];
 const answer = new Uint8Array(2);
 
+/** Whether the run reads every byte (`{ full: true }`): see {@link uniformByte}. */
+let full = false;
+
 /** Serves one notification; returns false at the stop byte. */
 function serve(data: Buffer): boolean {
   const slot = data[0]!;
   if (slot === STOP) return false;
-  const [first, last] = readEnds(views[slot]!);
+  const v = views[slot]!;
+  const [first, last] = full ? [uniformByte(v), uniformByte(v)] : readEnds(v);
   answer[0] = first;
   answer[1] = last;
   native.sendmsg(NOTIFY, answer, [], 0);
@@ -39,43 +45,16 @@ function runSync(): void {
 }
 
 function runLoop(done: () => void): void {
-  const c = native.constants;
-  native.setNonblock(NOTIFY, true);
-  const poll: PollHandle = native.pollStart(NOTIFY, c.UV_READABLE, () => {
-    for (;;) {
-      let r;
-      try {
-        r = native.recvmsg(NOTIFY, 16, 0, c.MSG_DONTWAIT);
-      } catch (err) {
-        if ((err as { code?: string }).code === 'EAGAIN') return;
-        throw err;
-      }
-      if (r.data.length === 0 || !serve(r.data)) {
-        native.pollClose(poll);
-        done();
-        return;
-      }
-    }
-  });
-  native.pollRef(poll, true);
+  watchPackets(NOTIFY, serve, done);
 }
 
 link.listen((msg, fds) => {
   const run = async (): Promise<void> => {
     if (msg.op === 'ring') {
-      for (const fd of fds) {
-        let buf: DmaBuf;
-        try {
-          buf = await DmaBuf.get(fd);
-        } finally {
-          native.close(fd);
-        }
-        const att = await buf.attach(device);
-        const sgt = await att.map('to-device');
-        views.push(sgt.segments[0]!.view!);
-      }
+      for (const { view } of await importRing(fds, device)) views.push(view);
       link.send({ ok: true, slots: views.length });
     } else if (msg.op === 'run') {
+      full = msg.full === true;
       link.send({ ok: true, started: true });
       if (msg.mode === 'sync') {
         runSync();

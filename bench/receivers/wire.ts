@@ -3,6 +3,8 @@
  * SOCK_SEQPACKET socket, read on the event loop, and the reading loops every receiver runs
  * (the same code in every case, so that the cases stay comparable).
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { DmaBuf, type Device } from '../../src/index.js';
 import { native, type PollHandle } from '../../src/native/binding.js';
 
 /** Reads the first and last byte (what a "hand-off" ends with). */
@@ -22,6 +24,17 @@ export function sumAll(v: Uint8Array): number {
   let s = 0;
   for (let i = 0; i < d.length; i++) s += d[i]!;
   return s;
+}
+
+/**
+ * Reads every byte, 4 at a time: the value of the first byte when every byte has it (a slot
+ * filled with one byte), else 255. The view's offset and length must be multiples of 4.
+ */
+export function uniformByte(v: Uint8Array): number {
+  const w = new Uint32Array(v.buffer, v.byteOffset, v.byteLength >>> 2);
+  const want = Math.imul(v[0]!, 0x01010101) >>> 0;
+  for (let i = 0; i < w.length; i++) if (w[i] !== want) return 255;
+  return v[0]!;
 }
 
 /** Reads one byte per 4 KiB page (so that every page is mapped in this process). */
@@ -121,4 +134,84 @@ type WaitAsyncResult = { async: false; value: 'not-equal' | 'timed-out' } | { as
 /** Atomics.waitAsync (Node 16+; not in the ES2022 typings the project compiles against). */
 export function waitAsync(a: Int32Array, index: number, value: number, timeout?: number): WaitAsyncResult {
   return (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, t?: number): WaitAsyncResult }).waitAsync(a, index, value, timeout);
+}
+
+/** A receiver child with two sockets: control messages (its fd 3) and notifications (its fd 4). */
+export interface RingLink {
+  child: ChildProcess;
+  /** The control socket: JSON messages with descriptors. */
+  link: Packets;
+  /** The next control answer; throws when the receiver reports a failure. */
+  reply(): Promise<Msg>;
+  /** This side of the notification socket (blocking until set otherwise). */
+  notify: number;
+}
+
+/**
+ * Starts the receiver `script` (a file) with a control socket and a notification socket, and
+ * `track`s it with `track` (the harness's, so that a failed case kills it).
+ */
+export function startRingReceiver(script: string, track: <T extends ChildProcess>(c: T) => T): RingLink {
+  const c = native.constants;
+  const [ctlMine, ctlTheirs] = native.socketpair(c.SOCK_SEQPACKET, false);
+  const [ntfMine, ntfTheirs] = native.socketpair(c.SOCK_SEQPACKET, false);
+  const child = track(spawn(process.execPath, ['--no-warnings', script], { stdio: ['ignore', 'inherit', 'inherit', ctlTheirs, ntfTheirs] }));
+  native.close(ctlTheirs);
+  native.close(ntfTheirs);
+  const link = new Packets(ctlMine);
+  link.listen();
+  const reply = async (): Promise<Msg> => {
+    const r = await link.next();
+    if (!r.msg.ok) throw new Error(`${script}: ${String(r.msg.error ?? r.msg.op)}`);
+    return r.msg;
+  };
+  return { child, link, reply, notify: ntfMine };
+}
+
+/** A receiver's side of `{ op: 'ring' }`: gets, attaches and maps (`'to-device'`) each buffer once. */
+export async function importRing(fds: number[], device: Device): Promise<{ buf: DmaBuf; view: Uint8Array }[]> {
+  const out: { buf: DmaBuf; view: Uint8Array }[] = [];
+  for (const fd of fds) {
+    let buf: DmaBuf;
+    try {
+      buf = await DmaBuf.get(fd);
+    } finally {
+      native.close(fd);
+    }
+    const att = await buf.attach(device);
+    out.push({ buf, view: (await att.map('to-device')).segments[0]!.view! });
+  }
+  return out;
+}
+
+/**
+ * Reads the small packets (at most 16 bytes) of the SOCK_SEQPACKET socket `fd` on the event
+ * loop: `onPacket` gets each one; when it returns false (or the peer closed), reading stops
+ * and `onEnd` runs. The socket is made non-blocking. Returns a function that stops reading.
+ */
+export function watchPackets(fd: number, onPacket: (data: Buffer) => boolean | void, onEnd: () => void = () => {}): () => void {
+  const c = native.constants;
+  native.setNonblock(fd, true);
+  let poll: PollHandle | null = null;
+  const stop = (): void => {
+    if (poll) native.pollClose(poll);
+    poll = null;
+  };
+  poll = native.pollStart(fd, c.UV_READABLE, () => {
+    while (poll) {
+      let r;
+      try {
+        r = native.recvmsg(fd, 16, 0, c.MSG_DONTWAIT);
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EAGAIN') return;
+        throw err;
+      }
+      if (r.data.length === 0 || onPacket(r.data) === false) {
+        stop();
+        onEnd();
+      }
+    }
+  });
+  native.pollRef(poll, true);
+  return stop;
 }

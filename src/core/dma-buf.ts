@@ -12,6 +12,9 @@ import { Device } from './device.js';
 import { checkMapDirection, isWritableDirection, type DmaDirection } from './direction.js';
 import { SgTable } from './sg-table.js';
 import type { CpuAccess, DmaBufOps, OpContext } from './ops.js';
+import { checkCpuAccess, checkFenceAccess, parseCpuAccessOptions, waitForCpuAccess, withTimeout, type CpuAccessEndOptions, type CpuAccessOptions, type FenceAccess } from './cpu-access.js';
+import { DmaResv } from '../sync/resv.js';
+import type { Reservation } from '../sync/reservation.js';
 import { kAttachRemote, kExportedHere, kMaps, kOnRelease, kSetDetached } from './internal.js';
 import { warnExperimental } from './experimental.js';
 import * as registry from './registry.js';
@@ -54,6 +57,11 @@ export interface ExportInfo<Priv> {
   name?: string;
   /** Who exported it (a heap's name); shown in introspection. Default `'anonymous'`. */
   exporter?: string;
+  /**
+   * The buffer's reservation object (`dma_buf_export_info.resv`): one the exporter shares
+   * between buffers, or a proxy of one that lives elsewhere. Default: a new `DmaResv`.
+   */
+  resv?: Reservation;
 }
 
 /** Options of {@link DmaBuf.fd}. */
@@ -119,6 +127,17 @@ function checkExportInfo<Priv>(info: ExportInfo<Priv>): void {
   if (exporter !== undefined && (typeof exporter !== 'string' || exporter.length > NAME_MAX)) {
     fail(`exporter must be a string of at most ${NAME_MAX} characters`);
   }
+  if (info.resv !== undefined && !isReservation(info.resv)) {
+    fail('resv must be a reservation object (a DmaResv, or an object with add, addFd, fences, test, wait, exportFence and exportFd)');
+  }
+}
+
+const RESERVATION_METHODS = ['add', 'addFd', 'fences', 'test', 'wait', 'exportFence', 'exportFd'] as const;
+
+function isReservation(r: unknown): r is Reservation {
+  if (r instanceof DmaResv) return true;
+  if (typeof r !== 'object' || r === null) return false;
+  return RESERVATION_METHODS.every((m) => typeof (r as Record<string, unknown>)[m] === 'function');
 }
 
 /** `EINVAL` unless `device` is a device its constructor built (see {@link Device.isDevice}). */
@@ -176,6 +195,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
   #writableMapCount = 0;
   #owner: AttachmentOwner;
   #onRelease: (() => void)[] = [];
+  #resv: Reservation | undefined;
 
   /** @internal use {@link DmaBuf.export}. */
   constructor(token: symbol, info: ExportInfo<Priv>, file: FileRef) {
@@ -190,6 +210,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     this.exporter = info.exporter ?? 'anonymous';
     this.id = nextId++;
     this.#file = file;
+    this.#resv = info.resv;
     for (const fn of hooks.onCreate) fn(this as DmaBuf);
     this.#owner = {
       map: (a, d, s) => this.#map(a, d, s),
@@ -348,6 +369,23 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     return this.#writableMapCount;
   }
 
+  /**
+   * The buffer's reservation object (`dmabuf->resv`): the fences its users must respect, the
+   * same object for every importer in every process. In the exporter's thread it is a
+   * `DmaResv` (answers at once); in an importer's, a proxy whose calls go to the exporter
+   * (answers with promises); for a kernel dma-buf, the kernel's own implicit fences plus the
+   * fences of this thread that the kernel cannot hold. Await every result.
+   *
+   * @example
+   * ```ts
+   * await buf.resv.add(painted, 'write');      // readers in every process wait for it
+   * await buf.resv.wait('read', { timeout: 100 });
+   * ```
+   */
+  get resv(): Reservation {
+    return (this.#resv ??= new DmaResv());
+  }
+
   #assertLive(op: string): void {
     if (this.#refs <= 0) {
       throw new DmaBufError('EINVAL', `${op}: the buffer "${this.#name}" has been put; get it again from a descriptor first`, { op });
@@ -497,51 +535,121 @@ export class DmaBuf<Priv = unknown> implements Disposable {
   }
 
   /**
-   * Begins CPU access (`DMA_BUF_IOCTL_SYNC` start, `dma_buf_begin_cpu_access`): waits, without
-   * blocking the event loop, for the fences CPU access of this kind must wait for, then lets
-   * the exporter make the memory coherent for the CPU. Pair it with {@link syncEnd}. A no-op
-   * for exporters without `ops.beginCpuAccess` (the system heap's memory is always coherent).
+   * Begins CPU access (`DMA_BUF_IOCTL_SYNC` start, `dma_buf_begin_cpu_access`): lets the
+   * exporter make the memory coherent for the CPU (`ops.beginCpuAccess`, in the exporter's
+   * process), then waits, without blocking the event loop, for the fences of the buffer's
+   * reservation object that this access must respect: a reader waits for the write fences
+   * (and kernel ones), a writer (`'write'`, `'read-write'`) for every fence but bookkeeping
+   * ones. With `fence` (this access's own, which the caller signals when it is done), the
+   * fence is added first, in the same step, so that later users wait for it. Pair it with
+   * {@link endCpuAccess}. Kernel dma-bufs go through the kernel's `DMA_BUF_IOCTL_SYNC`.
    *
-   * @throws {DmaBufError} `EINVAL` after put or for an unknown access; `EINTR` when `signal`
-   *   aborts the wait; what the exporter's `beginCpuAccess` throws.
+   * @throws {DmaBufError} `EINVAL` after put, for an unknown access or a range outside the
+   *   buffer; `ETIMEDOUT` when `timeout` ran out first; `EINTR` when `signal` aborts the wait;
+   *   `EPIPE` for an imported buffer whose exporter is gone; what the exporter's
+   *   `beginCpuAccess` throws.
    * @example
    * ```ts
-   * await buf.syncStart('read');
+   * const reading = new DmaFence({ name: 'reading' });
+   * await buf.beginCpuAccess('read', { fence: reading, timeout: 1000 });
    * const sum = sgt.segments[0].view!.reduce((a, b) => a + b, 0);
-   * await buf.syncEnd('read');
+   * await buf.endCpuAccess('read');
+   * reading.signal();                    // writers in every process may go on
    * ```
    */
-  async syncStart(access: CpuAccess, options: WaitOptions = {}): Promise<void> {
-    const op = 'syncStart';
+  async beginCpuAccess(access: CpuAccess, options?: CpuAccessOptions): Promise<void> {
+    const op = 'beginCpuAccess';
     this.#assertLive(op);
     checkCpuAccess(op, access);
+    const { offset, length, timeout, signal, fence } = parseCpuAccessOptions(op, this.size, options);
     const begin = this.ops.beginCpuAccess;
-    if (!begin) return;
+    const resv = this.resv;
+    await withTimeout(op, `the fences of "${this.#name}" (${this.exporter})`, timeout, signal, async (sig) => {
+      if (begin) {
+        try {
+          await begin.call(this.ops, this, access, { signal: sig, offset, length });
+        } catch (err) {
+          throw asOpError(err, op, 'ops.beginCpuAccess');
+        }
+      }
+      await waitForCpuAccess(resv, access, fence, sig);
+    });
+  }
+
+  /**
+   * Ends CPU access begun with {@link beginCpuAccess} (`DMA_BUF_IOCTL_SYNC` end): the
+   * exporter makes the CPU's writes visible to devices (`ops.endCpuAccess`). Waits for
+   * nothing else; a fence that tells others the CPU is done is the caller's to signal.
+   *
+   * @throws {DmaBufError} `EINVAL` after put, for an unknown access or a range outside the
+   *   buffer; `EPIPE` for an imported buffer whose exporter is gone and that has
+   *   `endCpuAccess`; what the exporter's `endCpuAccess` throws.
+   * @example
+   * ```ts
+   * await buf.beginCpuAccess('write');
+   * view.fill(0);
+   * await buf.endCpuAccess('write');
+   * ```
+   */
+  async endCpuAccess(access: CpuAccess, options?: CpuAccessEndOptions): Promise<void> {
+    const op = 'endCpuAccess';
+    this.#assertLive(op);
+    checkCpuAccess(op, access);
+    const { offset, length } = parseCpuAccessOptions(op, this.size, options);
+    const end = this.ops.endCpuAccess;
+    if (!end) return;
     try {
-      await begin.call(this.ops, this, access, { signal: options?.signal });
+      await end.call(this.ops, this, access, { offset, length });
     } catch (err) {
-      throw asOpError(err, op, 'ops.beginCpuAccess');
+      throw asOpError(err, op, 'ops.endCpuAccess');
     }
   }
 
   /**
-   * Ends CPU access begun with {@link syncStart} (`DMA_BUF_IOCTL_SYNC` end): the exporter
-   * makes the CPU's writes visible to devices. A no-op without `ops.endCpuAccess`.
+   * A fence descriptor (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`), owned by the caller, that
+   * snapshots what a reader (`'read'`: the write fences) or a writer (`'write'`: every fence)
+   * must wait for now; fences added later do not join it. A fence file, or for a kernel
+   * dma-buf whose fences are all the kernel's, a kernel sync_file. Import it anywhere with
+   * `DmaFence.fromFd`; close it when done.
    *
-   * @throws {DmaBufError} `EINVAL` after put or for an unknown access; what the exporter's
-   *   `endCpuAccess` throws.
+   * @throws {DmaBufError} `EINVAL` after put or for an access other than `'read'` and
+   *   `'write'`; `EPIPE` for an imported buffer whose exporter is gone; `EMFILE` when out of
+   *   descriptors.
+   * @example
+   * ```ts
+   * const fd = await buf.exportSyncFile('read');
+   * const written = await DmaFence.fromFd(fd);
+   * fs.closeSync(fd);
+   * await written.wait();
+   * ```
    */
-  async syncEnd(access: CpuAccess): Promise<void> {
-    const op = 'syncEnd';
+  async exportSyncFile(access: FenceAccess): Promise<number> {
+    const op = 'exportSyncFile';
     this.#assertLive(op);
-    checkCpuAccess(op, access);
-    const end = this.ops.endCpuAccess;
-    if (!end) return;
-    try {
-      await end.call(this.ops, this, access);
-    } catch (err) {
-      throw asOpError(err, op, 'ops.endCpuAccess');
-    }
+    checkFenceAccess(op, access);
+    return this.resv.exportFd(access);
+  }
+
+  /**
+   * Adds the fence of a fence descriptor (a fence file or a kernel sync_file) to the buffer's
+   * reservation object (`DMA_BUF_IOCTL_IMPORT_SYNC_FILE`): as `'write'`, readers and writers
+   * wait for it; as `'read'`, writers only. The caller keeps owning `fd`.
+   *
+   * @throws {DmaBufError} `EINVAL` after put, for an access other than `'read'` and `'write'`,
+   *   or a descriptor that is not a fence; `EBADF` for a closed descriptor; `ENOSPC` when the
+   *   exporter holds as many fences from this process (or for this buffer) as its limits
+   *   allow; `EACCES` for a write fence on a read-only buffer of another process; `EPIPE`
+   *   when the exporter is gone.
+   * @example
+   * ```ts
+   * await buf.importSyncFile(renderDoneFd, 'write');   // readers now wait for the render
+   * ```
+   */
+  async importSyncFile(fd: number, access: FenceAccess): Promise<void> {
+    const op = 'importSyncFile';
+    this.#assertLive(op);
+    checkFenceAccess(op, access);
+    await this.resv.addFd(fd, access);
   }
 
   /**
@@ -664,11 +772,6 @@ export class DmaBuf<Priv = unknown> implements Disposable {
   }
 }
 
-function checkCpuAccess(op: string, access: unknown): void {
-  if (access !== 'read' && access !== 'write' && access !== 'read-write') {
-    throw new DmaBufError('EINVAL', `${op}: access must be 'read', 'write' or 'read-write', got ${String(access)}`, { op });
-  }
-}
 
 /**
  * Attaches `device` to a buffer just gotten and maps it. On failure the attachment is detached

@@ -32,6 +32,7 @@ export type DmaBufErrorCode =
   | 'ETIMEDOUT'
   | 'ESHUTDOWN'
   | 'EFBIG'
+  | 'ENOSPC'
   | (string & {});
 
 /** Options of {@link DmaBufError}. */

@@ -18,6 +18,14 @@ export interface OpContext {
   readonly signal?: AbortSignal | undefined;
 }
 
+/** Context of a CPU-access op: the range the CPU touches, and the caller's signal. */
+export interface CpuAccessContext extends OpContext {
+  /** First byte (0 when the caller gave no range). */
+  readonly offset: number;
+  /** Bytes from `offset` (the buffer's size when the caller gave no range). */
+  readonly length: number;
+}
+
 /**
  * The callbacks an exporter gives to {@link DmaBuf.export}. The core calls them and never
  * knows which exporter it holds. Every call of one buffer's ops is made with the buffer's
@@ -77,18 +85,22 @@ export interface DmaBufOps<Priv = unknown> {
   seal?(buf: DmaBuf<Priv>, ctx: OpContext): Promise<void> | void;
 
   /**
-   * Optional. Called by {@link DmaBuf.syncStart} (`begin_cpu_access`), without the lock (it
-   * may wait on fences for long): waits for the fences that CPU access of this kind must wait
-   * for, then makes the memory coherent for the CPU.
-   * Throws: `EINTR` when `ctx.signal` aborts the wait.
+   * Optional. Called by {@link DmaBuf.beginCpuAccess} (`begin_cpu_access`), without the lock
+   * (it may wait for long), before the core waits for the fences of the buffer's reservation
+   * object that this access must respect (as `dma_buf_begin_cpu_access` does: the exporter
+   * may wait for them its own, cheaper way first; the core's wait then finds them signalled).
+   * Makes the memory coherent for the CPU over `ctx.offset` and `ctx.length` (an exporter may
+   * treat the whole buffer).
+   * Throws: `EINTR` when `ctx.signal` aborts (also on the caller's timeout, which the core
+   * reports as `ETIMEDOUT`).
    */
-  beginCpuAccess?(buf: DmaBuf<Priv>, access: CpuAccess, ctx: OpContext): Promise<void> | void;
+  beginCpuAccess?(buf: DmaBuf<Priv>, access: CpuAccess, ctx: CpuAccessContext): Promise<void> | void;
 
   /**
-   * Optional. Called by {@link DmaBuf.syncEnd} (`end_cpu_access`), without the lock: makes
-   * the CPU's writes visible to devices.
+   * Optional. Called by {@link DmaBuf.endCpuAccess} (`end_cpu_access`), without the lock:
+   * makes the CPU's writes over `ctx.offset` and `ctx.length` visible to devices.
    */
-  endCpuAccess?(buf: DmaBuf<Priv>, access: CpuAccess): Promise<void> | void;
+  endCpuAccess?(buf: DmaBuf<Priv>, access: CpuAccess, ctx: CpuAccessContext): Promise<void> | void;
 
   /**
    * Optional. Called by {@link DmaBuf.setName}, without the lock, before the buffer's `name`

@@ -6,25 +6,13 @@
  * @module
  */
 import type { DmaBuf } from '../core/dma-buf.js';
+import type { FenceAccess } from '../core/cpu-access.js';
 import { DmaBufError } from '../core/errors.js';
-import { native } from '../native/binding.js';
 import { kernelDescriptorOf } from './kernel-buffer.js';
+import { exportSyncFd, importSyncFd } from './fence-ioctls.js';
 import { SyncFile, adoptSyncFile } from './sync-file.js';
 
-/** Which side of the buffer's fences: `'read'` fences readers add, `'write'` fences writers add. */
-export type FenceAccess = 'read' | 'write';
-
-function accessFlag(op: string, access: FenceAccess): number {
-  const k = native.kernelConstants;
-  if (access === 'read') return k.DMA_BUF_SYNC_READ;
-  if (access === 'write') return k.DMA_BUF_SYNC_WRITE;
-  throw new DmaBufError('EINVAL', `${op}: access must be 'read' or 'write', got ${String(access)}`, { op });
-}
-
-function tooOld(op: string, err: unknown): unknown {
-  if (!DmaBufError.is(err, 'ENOTTY')) return err;
-  return new DmaBufError('ENOTTY', `${op}: this kernel cannot move fences between dma-bufs and sync_files (DMA_BUF_IOCTL_EXPORT_SYNC_FILE and IMPORT_SYNC_FILE need Linux 6.0)`, { op, cause: err, syscall: err.syscall, errno: err.errno });
-}
+export type { FenceAccess };
 
 /**
  * The fences that CPU or device access of this kind must wait for, as a new sync_file:
@@ -41,17 +29,12 @@ function tooOld(op: string, err: unknown): unknown {
  */
 export function exportSyncFile(buf: DmaBuf, access: FenceAccess): SyncFile {
   const op = 'exportSyncFile';
-  const fd = kernelDescriptorOf(buf, op);
-  try {
-    return adoptSyncFile(native.dmaBufExportSyncFile(fd, accessFlag(op, access)));
-  } catch (err) {
-    throw tooOld(op, err);
-  }
+  return adoptSyncFile(exportSyncFd(kernelDescriptorOf(buf, op), access, op));
 }
 
 /**
  * Adds a sync_file's fence to the buffer: as a `'write'` fence, readers and writers of the
- * buffer wait for it (`syncStart`, and drivers that honour implicit fences); as a `'read'`
+ * buffer wait for it (`beginCpuAccess`, and drivers that honour implicit fences); as a `'read'`
  * fence, only writers do.
  *
  * @throws {DmaBufError} `EINVAL` for a buffer that is not a kernel dma-buf, a closed or bad
@@ -67,9 +50,5 @@ export function importSyncFile(buf: DmaBuf, file: SyncFile, access: FenceAccess)
   if (!(file instanceof SyncFile) || file.fd < 0) {
     throw new DmaBufError('EINVAL', `${op}: expected an open SyncFile`, { op });
   }
-  try {
-    native.dmaBufImportSyncFile(fd, accessFlag(op, access), file.fd);
-  } catch (err) {
-    throw tooOld(op, err);
-  }
+  importSyncFd(fd, access, file.fd, op);
 }

@@ -7,8 +7,11 @@
  * - **CPU maps** are `mmap`s of that descriptor (`MAP_SHARED`: dma-buf exporters refuse
  *   private mappings), `PROT_READ` only for a read-only descriptor. An exporter that refuses
  *   mmap (NVIDIA's, with `ENOTSUPP`) gives an error naming it.
- * - **CPU access** brackets (`syncStart`/`syncEnd`) are `DMA_BUF_IOCTL_SYNC`; the start first
- *   waits for the buffer's fences by polling its descriptor, so the event loop never blocks.
+ * - **CPU access** brackets (`beginCpuAccess`/`endCpuAccess`) are `DMA_BUF_IOCTL_SYNC`; the
+ *   start first waits for the buffer's fences by polling its descriptor, so the event loop
+ *   never blocks.
+ * - **Fences**: the buffer's reservation object is the kernel's ({@link KernelResv}), with
+ *   the fences the kernel cannot hold kept in this thread.
  * - **Names** are `DMA_BUF_SET_NAME`: at most 31 bytes.
  *
  * @module
@@ -19,13 +22,14 @@ import { BASE_PAGE_SIZE, planSegments, tableOfMapping, type Device, type DeviceM
 import { isWritableDirection, type DmaDirection } from '../core/direction.js';
 import { DmaBufError } from '../core/errors.js';
 import { Invalidations, type MemoryObject } from '../core/memory.js';
-import type { CpuAccess, DmaBufOps, OpContext } from '../core/ops.js';
+import type { CpuAccess, CpuAccessContext, DmaBufOps, OpContext } from '../core/ops.js';
 import type { SgTable } from '../core/sg-table.js';
 import * as registry from '../core/registry.js';
 import { native, type StatResult } from '../native/binding.js';
 import { describeKernelDescriptor, type KernelDescriptorInfo } from './descriptor.js';
 import { KernelFile } from './kernel-file.js';
 import { waitForPoll } from './poll-wait.js';
+import { KernelResv } from './kernel-resv.js';
 
 let nextMemoryId = 1;
 
@@ -148,8 +152,8 @@ const kernelOps: DmaBufOps<KernelBufferPriv> = {
     mappings.delete(sgt);
   },
 
-  async beginCpuAccess(buf: DmaBuf<KernelBufferPriv>, access: CpuAccess, ctx: OpContext): Promise<void> {
-    const op = 'syncStart';
+  async beginCpuAccess(buf: DmaBuf<KernelBufferPriv>, access: CpuAccess, ctx: CpuAccessContext): Promise<void> {
+    const op = 'beginCpuAccess';
     const fd = heldFd(buf, op);
     // A reader waits for the write fences (the descriptor polls readable), a writer for all.
     await waitForPoll(fd, access === 'read' ? 'readable' : 'writable', { signal: ctx.signal, op, what: `the fences of "${buf.name}" (${buf.exporter})` });
@@ -157,7 +161,7 @@ const kernelOps: DmaBufOps<KernelBufferPriv> = {
   },
 
   endCpuAccess(buf: DmaBuf<KernelBufferPriv>, access: CpuAccess): void {
-    native.dmaBufSync(heldFd(buf, 'syncEnd'), native.kernelConstants.DMA_BUF_SYNC_END | syncFlags(access));
+    native.dmaBufSync(heldFd(buf, 'endCpuAccess'), native.kernelConstants.DMA_BUF_SYNC_END | syncFlags(access));
   },
 
   setName(buf: DmaBuf<KernelBufferPriv>, name: string): void {
@@ -193,8 +197,13 @@ export function kernelDescriptorOf(buf: unknown, op: string): number {
 
 function createKernelBuffer(file: KernelFile, info: KernelDescriptorInfo): DmaBuf<KernelBufferPriv> {
   const priv: KernelBufferPriv = { file, memory: new KernelMemory(file, info.size, info.readOnly), inode: info.inode, mappings: new Map() };
+  const fd = (op: string): number => {
+    if (file.fd < 0) throw new DmaBufError('EINVAL', `${op}: the kernel dma-buf "${info.name}" has been released`, { op });
+    return file.fd;
+  };
+  const resv = new KernelResv(fd, `kernel dma-buf "${info.name}" (${info.exporter})`);
   return DmaBuf[kCreateImported]<KernelBufferPriv>({
-    ops: kernelOps, size: info.size, priv, flags: info.readOnly ? O_RDONLY : O_RDWR, name: info.name, exporter: info.exporter,
+    ops: kernelOps, size: info.size, priv, flags: info.readOnly ? O_RDONLY : O_RDWR, name: info.name, exporter: info.exporter, resv,
   }, file, false);
 }
 

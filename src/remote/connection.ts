@@ -39,6 +39,18 @@ interface PendingRequest {
   reject: (err: DmaBufError) => void;
 }
 
+/** Options of {@link Connection.request}. */
+export interface RequestOptions {
+  /** Aborting it rejects the request with `EINTR`; the peer's answer is then dropped or given to `onLateReply`. */
+  signal?: AbortSignal | undefined;
+  /** Takes a reply that comes after `signal` aborted (to undo what the peer did). */
+  onLateReply?: ((reply: Reply) => void) | undefined;
+  /** Told the id of a request that `signal` aborted (to tell the peer to stop). */
+  onAbort?: ((id: number) => void) | undefined;
+  /** Descriptors to send with the request (the caller keeps its own). */
+  fds?: number[] | undefined;
+}
+
 /** A reply to a request: the message and the descriptors it carried (owned by the caller). */
 export interface Reply {
   msg: Message;
@@ -143,13 +155,14 @@ export class Connection {
    * Sends a request and waits for the REPLY or ERROR with its id.
    *
    * @throws {DmaBufError} the peer's error (its code and message); `EPIPE` when the connection
-   *   closes first; `EINTR` when `signal` aborts (a late reply is then handed to `onLateReply`).
+   *   closes first; `EINTR` when `signal` aborts (a late reply is then handed to `onLateReply`,
+   *   and `onAbort` is told the request's id, to tell the peer).
    */
-  request(type: MsgTypeValue, body: Record<string, unknown>, options: { signal?: AbortSignal | undefined; onLateReply?: (reply: Reply) => void } = {}): Promise<Reply> {
+  request(type: MsgTypeValue, body: Record<string, unknown>, options: RequestOptions = {}): Promise<Reply> {
     if (this.#closed) return Promise.reject(this.#closeReason ?? peerGone(typeName(type)));
     const id = this.#nextId;
     this.#nextId = this.#nextId >= 0xfffffffe ? 1 : this.#nextId + 1;
-    const { signal, onLateReply } = options;
+    const { signal, onLateReply, onAbort: aborted, fds = [] } = options;
     return new Promise<Reply>((resolve, reject) => {
       const entry: PendingRequest = { type, resolve, reject };
       this.#pending.set(id, entry);
@@ -160,13 +173,14 @@ export class Connection {
           entry.resolve = (reply) => { onLateReply ? onLateReply(reply) : closeAll(reply.fds); };
           entry.reject = () => {};
           reject(new DmaBufError('EINTR', `${typeName(type).toLowerCase()}: interrupted by an aborted signal`, { op: typeName(type).toLowerCase(), cause: signal.reason }));
+          aborted?.(id);
         };
         if (signal.aborted) { onAbort(); } else { signal.addEventListener('abort', onAbort, { once: true }); }
         const settle = <T>(fn: (v: T) => void) => (v: T): void => { signal.removeEventListener('abort', onAbort); fn(v); };
         entry.resolve = settle(entry.resolve);
         entry.reject = settle(entry.reject);
       }
-      this.send(type, id, body).catch((err: DmaBufError) => {
+      this.send(type, id, body, fds).catch((err: DmaBufError) => {
         if (this.#pending.get(id) === entry) {
           this.#pending.delete(id);
           this.#updatePoll();

@@ -18,7 +18,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC, attachMapped, kCreateImported, kReacquire, type GetOptions } from '../core/dma-buf.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
-import type { DmaBufOps, OpContext } from '../core/ops.js';
+import type { CpuAccess, CpuAccessContext, DmaBufOps, OpContext } from '../core/ops.js';
 import type { Device, DeviceMapping } from '../core/device.js';
 import type { MemoryObject } from '../core/memory.js';
 import { isWritableDirection, type DmaDirection } from '../core/direction.js';
@@ -26,7 +26,8 @@ import type { ForeignDescriptor, Prefetch } from '../core/hooks.js';
 import { DmaBufError } from '../core/errors.js';
 import { SgTable } from '../core/sg-table.js';
 import { native, own, closeOwned } from '../native/binding.js';
-import { Connection, closeAll, lostReply, type Reply } from './connection.js';
+import { Connection, closeAll, lostReply, type Reply, type RequestOptions } from './connection.js';
+import { RemoteResv, type ResvLink } from './remote-resv.js';
 import { ImportedFile } from '../transport/imported-file.js';
 import { fileKey } from '../transport/buffer-file.js';
 import { shutDownByHolder, holderShutDown } from '../transport/file-liveness.js';
@@ -61,6 +62,8 @@ export interface ImportedPriv {
   prefetched?: Prefetched | undefined;
   /** The exporter's grants this object consumed (HELLOs and hand-offs); its PUT returns them. */
   grants: number;
+  /** Whether the exporter has CPU-access ops (`beginCpuAccess`, `endCpuAccess`) to run. */
+  cpuAccess: boolean;
 }
 
 /** The importer's buffer object for a description the exporter gave (its file: a `dup` of `fd`). */
@@ -70,10 +73,11 @@ function createImported(fd: number, key: string, w: ReturnType<typeof checkWelco
     return DmaBuf[kCreateImported]<ImportedPriv>({
       ops: importOps,
       size: w.size,
-      priv: { channel, handle: w.handle, pid: w.pid, maps: new Map(), prefetched, grants: 1 },
+      priv: { channel, handle: w.handle, pid: w.pid, maps: new Map(), prefetched, grants: 1, cpuAccess: w.cpuAccess },
       flags: w.flags,
       name: w.name,
       exporter: w.exporter,
+      resv: new RemoteResv(resvLink(channel), w.handle),
     }, file, w.sealed) as unknown as DmaBuf;
   } catch (err) {
     file.close();
@@ -173,7 +177,7 @@ function live(op: string, channel: ImportChannel): void {
 }
 
 /** Sends a request; the exporter's failure comes back with its own code. */
-async function request(op: string, channel: ImportChannel, type: (typeof MsgType)[keyof typeof MsgType], body: Record<string, unknown>, options: { signal?: AbortSignal | undefined; onLateReply?: (r: Reply) => void } = {}): Promise<Reply> {
+async function request(op: string, channel: ImportChannel, type: (typeof MsgType)[keyof typeof MsgType], body: Record<string, unknown>, options: RequestOptions = {}): Promise<Reply> {
   live(op, channel);
   try {
     return await channel.conn.request(type, body, options);
@@ -331,11 +335,42 @@ const importOps: DmaBufOps<ImportedPriv> = {
     notify(priv.channel, MsgType.UNMAP, { map: entry.map });
   },
 
+  async beginCpuAccess(buf, access, ctx) {
+    await cpuAccess(buf, access, 'begin', ctx);
+  },
+
+  async endCpuAccess(buf, access, ctx) {
+    await cpuAccess(buf, access, 'end', ctx);
+  },
+
   release(buf) {
     dropPrefetched(buf.priv);
     notify(buf.priv.channel, MsgType.PUT, { buffer: buf.priv.handle, grants: buf.priv.grants });
   },
 };
+
+/**
+ * Runs the exporter's CPU-access op in its process (a CPU_ACCESS request), when it has one;
+ * nothing to do otherwise (the system heap's memory is always coherent).
+ */
+async function cpuAccess(buf: DmaBuf<ImportedPriv>, access: CpuAccess, phase: 'begin' | 'end', ctx: CpuAccessContext): Promise<void> {
+  const { channel, handle, cpuAccess: has } = buf.priv;
+  if (!has) return;
+  const reply = await request(`${phase}CpuAccess`, channel, MsgType.CPU_ACCESS, { buffer: handle, access, phase, offset: ctx.offset, length: ctx.length }, {
+    signal: ctx.signal,
+    onAbort: (id) => notify(channel, MsgType.CANCEL, { request: id }),
+  });
+  closeAll(reply.fds);
+}
+
+/** The link of an imported buffer's reservation object to its exporter. */
+function resvLink(channel: ImportChannel): ResvLink {
+  return {
+    request: (op, type, body, options) => request(op, channel, type, body, options),
+    notify: (type, body) => notify(channel, type, body),
+    live: (op) => live(op, channel),
+  };
+}
 
 /** Tokens of this thread's channels to threads of process `pid`. */
 function tokensFor(pid: number): string[] {
@@ -362,7 +397,7 @@ async function sendHello(fd: number, data: Buffer, channelEnd: number, deadline:
   }
 }
 
-function checkWelcome(body: Record<string, unknown>): { handle: number; size: number; flags: number; name: string; exporter: string; sealed: boolean; pid: number; token: string; reused: boolean } {
+function checkWelcome(body: Record<string, unknown>): { handle: number; size: number; flags: number; name: string; exporter: string; sealed: boolean; cpuAccess: boolean; pid: number; token: string; reused: boolean } {
   const flags = field.uint(body, 'flags', 0xffffffff);
   const acc = flags & 3;
   if ((acc !== O_RDONLY && acc !== O_RDWR) || (flags & ~(3 | O_CLOEXEC)) !== 0) {
@@ -379,6 +414,7 @@ function checkWelcome(body: Record<string, unknown>): { handle: number; size: nu
     name: field.str(body, 'name', 255),
     exporter: field.str(body, 'exporter', 255),
     sealed: field.bool(body, 'sealed'),
+    cpuAccess: body.cpuAccess === undefined ? false : field.bool(body, 'cpuAccess'),
     pid: field.uint(body, 'pid', 0x7fffffff),
     token,
     reused: field.bool(body, 'reused'),

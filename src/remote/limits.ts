@@ -1,5 +1,6 @@
 /**
- * What one importer process may hold at an exporter thread: channels, attachments and maps.
+ * What one importer process may hold at an exporter thread: channels, attachments, maps,
+ * fences and waits.
  *
  * Every holder of a buffer's file can reach its exporter, and a hostile holder may ask for
  * anything: without bounds, one process could open channels until the exporter runs out of
@@ -21,6 +22,21 @@ export interface ServiceLimits {
   readonly maxAttachmentsPerProcess: number;
   /** Maps it may hold at once (not yet unmapped), over all its channels. Default 16384. */
   readonly maxMapsPerProcess: number;
+  /**
+   * Unsignalled fences it may have added to the reservation objects of this thread's buffers
+   * (`resv.add`, `importSyncFile`). Default 4096.
+   */
+  readonly maxFencesPerProcess: number;
+  /**
+   * Unsignalled fences that importers (of every process together) may have added to the
+   * reservation object of one buffer. Default 256.
+   */
+  readonly maxFencesPerBuffer: number;
+  /**
+   * Waits it may have pending at once: `resv.wait`, `beginCpuAccess` (whose fence wait runs
+   * in the exporter), and calls of the exporter's CPU-access ops. Default 4096.
+   */
+  readonly maxWaitsPerProcess: number;
 }
 
 /** The defaults: enough for 10,000 buffers attached and mapped by one importer. */
@@ -28,6 +44,9 @@ export const DEFAULT_SERVICE_LIMITS: ServiceLimits = Object.freeze({
   maxChannelsPerProcess: 64,
   maxAttachmentsPerProcess: 16384,
   maxMapsPerProcess: 16384,
+  maxFencesPerProcess: 4096,
+  maxFencesPerBuffer: 256,
+  maxWaitsPerProcess: 4096,
 });
 
 let limits: ServiceLimits = DEFAULT_SERVICE_LIMITS;
@@ -65,20 +84,30 @@ interface Usage {
   channels: number;
   attachments: number;
   maps: number;
+  fences: number;
+  waits: number;
 }
+
+const NOTHING: Readonly<Usage> = Object.freeze({ channels: 0, attachments: 0, maps: 0, fences: 0, waits: 0 });
 
 const usage = new Map<number, Usage>();
 
 function usageOf(pid: number): Usage {
   let u = usage.get(pid);
   if (!u) {
-    u = { channels: 0, attachments: 0, maps: 0 };
+    u = { ...NOTHING };
     usage.set(pid, u);
   }
   return u;
 }
 
-const NAMES = { channels: 'maxChannelsPerProcess', attachments: 'maxAttachmentsPerProcess', maps: 'maxMapsPerProcess' } as const;
+const NAMES = {
+  channels: 'maxChannelsPerProcess',
+  attachments: 'maxAttachmentsPerProcess',
+  maps: 'maxMapsPerProcess',
+  fences: 'maxFencesPerProcess',
+  waits: 'maxWaitsPerProcess',
+} as const;
 
 /**
  * Counts one more `what` for process `pid`.
@@ -99,10 +128,10 @@ export function refund(pid: number, what: keyof Usage, n = 1): void {
   const u = usage.get(pid);
   if (!u) return;
   u[what] = Math.max(0, u[what] - n);
-  if (u.channels === 0 && u.attachments === 0 && u.maps === 0) usage.delete(pid);
+  if (Object.values(u).every((n) => n === 0)) usage.delete(pid);
 }
 
 /** What process `pid` holds (for introspection and tests). */
 export function usageFor(pid: number): Readonly<Usage> {
-  return { ...(usage.get(pid) ?? { channels: 0, attachments: 0, maps: 0 }) };
+  return { ...(usage.get(pid) ?? NOTHING) };
 }

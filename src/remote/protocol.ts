@@ -47,7 +47,28 @@ export const MsgType = {
   REPLY: 8,
   /** exporter -> importer: failure of the request with the same id. */
   ERROR: 9,
+  /**
+   * importer -> exporter, with exactly one descriptor (a fence file or a kernel sync_file):
+   * add its fence to the buffer's reservation object with a usage.
+   */
+  RESV_ADD: 10,
+  /** importer -> exporter: the fences a user of a usage must respect (the reply carries them). */
+  RESV_FENCES: 11,
+  /**
+   * importer -> exporter: answer once the fences a user of a usage must respect have all
+   * signalled (or a timeout ran out; a timeout of 0 only tests).
+   */
+  RESV_WAIT: 12,
+  /** importer -> exporter: one fence for what a user of a usage must respect now (the reply carries it). */
+  RESV_EXPORT: 13,
+  /** importer -> exporter: run the exporter's `beginCpuAccess` or `endCpuAccess` op. */
+  CPU_ACCESS: 14,
+  /** importer -> exporter (id 0, never answered): stop waiting for the request with this id. */
+  CANCEL: 15,
 } as const;
+
+/** Most fence descriptors a RESV_FENCES reply carries; more fences cross as one merged fence. */
+export const MAX_RESV_FENCES = 4;
 
 /** A message type number. */
 export type MsgTypeValue = (typeof MsgType)[keyof typeof MsgType];

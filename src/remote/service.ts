@@ -30,12 +30,15 @@ import { fileKey } from '../transport/buffer-file.js';
 import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from './protocol.js';
 import { charge, refund } from './limits.js';
 import { warnLimited } from './warn.js';
+import { ResvService } from './resv-service.js';
 
 
 /** What a request produced: the REPLY's body and descriptors, and how to undo it. */
 export interface Answer {
   body: Record<string, unknown>;
   fds: number[];
+  /** The descriptors are the answer's own: closed once sent (or not sent). */
+  closeFds?: boolean;
   undo?: () => Promise<void>;
 }
 
@@ -61,6 +64,8 @@ export class ServiceChannel {
   readonly attachments = new Map<number, RemoteAttachment>();
   readonly maps = new Map<number, { attachment: number; sgt: SgTable }>();
   #nextId = 1;
+  /** Reservation objects and CPU access, made at the first such request. */
+  #resv: ResvService | undefined;
 
   /**
    * Takes ownership of `fd`, the exporter's end of the channel. `pid` is the importer's
@@ -91,7 +96,7 @@ export class ServiceChannel {
 
   #connect(fd: number): Connection {
     return new Connection(fd, {
-      onMessage: (msg, fds) => { closeAll(fds); void this.#handle(msg); },
+      onMessage: (msg, fds) => { void this.#handle(msg, fds); },
       onBadMessage: (err, id, kind) => {
         // An exporter sends no requests, so a reply reaching it means the channel is not an
         // importer's (two crossed ends of one pair, say): close it rather than hold it forever.
@@ -175,9 +180,10 @@ export class ServiceChannel {
     return [id, entry];
   }
 
-  async #handle(msg: Message): Promise<void> {
+  async #handle(msg: Message, fds: number[]): Promise<void> {
     if (msg.id === 0 && !NOTIFICATIONS.has(msg.type)) {
       // A request nobody can be answered for (id 0 is for notifications): refuse to run it.
+      closeAll(fds);
       this.conn.badMessages += 1;
       return;
     }
@@ -185,7 +191,7 @@ export class ServiceChannel {
     if (msg.id === 0) this.notifications += 1;
     else this.requests += 1;
     try {
-      answer = await this.dispatch(msg);
+      answer = await this.dispatch(msg, fds);
       this.#closeIfIdle();
       if (msg.id === 0) return; // a notification: nobody waits for an answer
       if (answer && !this.conn.closed) await this.conn.send(MsgType.REPLY, msg.id, answer.body, answer.fds);
@@ -193,6 +199,8 @@ export class ServiceChannel {
       // An answer that could not be sent: the importer will never know of what it did.
       if (answer?.undo) await answer.undo().catch(() => {});
       if (msg.id !== 0 && !this.conn.closed) this.#answerError(msg.id, err);
+    } finally {
+      if (answer?.closeFds) closeAll(answer.fds);
     }
   }
 
@@ -200,8 +208,23 @@ export class ServiceChannel {
    * Runs a request; returns the answer (undefined for notifications, or when the channel
    * closed meanwhile and the work was undone).
    */
-  async dispatch(msg: Message): Promise<Answer | undefined> {
+  async dispatch(msg: Message, fds: number[] = []): Promise<Answer | undefined> {
     const { body } = msg;
+    if (RESV_REQUESTS.has(msg.type)) {
+      let buf: DmaBuf;
+      try {
+        buf = this.#buffer(body);
+      } catch (err) {
+        closeAll(fds);
+        throw err;
+      }
+      return (this.#resv ??= new ResvService(this.pid)).dispatch(msg, fds, buf);
+    }
+    closeAll(fds); // only a RESV_ADD carries a descriptor
+    if (msg.type === MsgType.CANCEL) {
+      this.#resv?.cancel(body);
+      return msg.id === 0 ? undefined : { body: {}, fds: [] };
+    }
     const ok = (reply: Record<string, unknown> = {}, fds: number[] = [], undo?: () => Promise<void>): Answer => ({ body: reply, fds, ...(undo ? { undo } : {}) });
     switch (msg.type) {
       case MsgType.ATTACH: {
@@ -330,6 +353,7 @@ export class ServiceChannel {
   /** The importer is gone: undo what it left, as if it had. */
   #cleanup(): void {
     channels.delete(this.token);
+    this.#resv?.close();
     refund(this.pid, 'channels');
     refund(this.pid, 'attachments', this.attachments.size);
     refund(this.pid, 'maps', this.maps.size);
@@ -349,11 +373,14 @@ export class ServiceChannel {
 }
 
 /**
- * What an importer may send with id 0, as a notification that is not answered: PUT, and the
+ * What an importer may send with id 0, as a notification that is not answered: PUT, the
  * UNMAP and DETACH of an importer that does not wait for the exporter (its own side is undone
- * already). They are run in order with the channel's requests.
+ * already), and CANCEL of a wait it gave up. They are run in order with the channel's requests.
  */
-const NOTIFICATIONS: ReadonlySet<number> = new Set([MsgType.PUT, MsgType.UNMAP, MsgType.DETACH]);
+const NOTIFICATIONS: ReadonlySet<number> = new Set([MsgType.PUT, MsgType.UNMAP, MsgType.DETACH, MsgType.CANCEL]);
+
+/** The requests about a buffer's reservation object and CPU access (see `resv-service.ts`). */
+const RESV_REQUESTS: ReadonlySet<number> = new Set([MsgType.RESV_ADD, MsgType.RESV_FENCES, MsgType.RESV_WAIT, MsgType.RESV_EXPORT, MsgType.CPU_ACCESS]);
 
 /** This thread's channels, by token. */
 const channels = new Map<string, ServiceChannel>();
@@ -378,6 +405,7 @@ export function describe(buf: DmaBuf, channel: ServiceChannel, reused: boolean):
     name: buf.name,
     exporter: buf.exporter,
     sealed: buf.sealed,
+    cpuAccess: buf.ops.beginCpuAccess !== undefined || buf.ops.endCpuAccess !== undefined,
     pid: process.pid,
     token: channel.token,
     reused,

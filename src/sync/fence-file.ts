@@ -175,7 +175,7 @@ export function inspectFenceFile(fd: number, op: string): { key: string; state: 
     throw new DmaBufError('EBADF', `${op}: ${String(fd)} is not a descriptor (an integer from 0 to 2^31-1)`, { op });
   }
   const notFenceFile = (why: string): DmaBufError =>
-    new DmaBufError('EINVAL', `${op}: descriptor ${fd} is not a fence file: ${why}; pass a descriptor from fence.toFd()`, { op });
+    new DmaBufError('EINVAL', `${op}: descriptor ${fd} is not a fence file: ${why}; pass a descriptor from fence.toFd() or a kernel sync_file`, { op });
   const st = native.fstat(fd); // EBADF when closed
   if ((st.mode & native.constants.S_IFMT) !== native.constants.S_IFIFO) throw notFenceFile('it is not a pipe');
   if (st.dev !== pipeDevice()) throw notFenceFile('it is a named FIFO, not an anonymous pipe');

@@ -10,8 +10,9 @@
  * - **local** (`new DmaFence()`, `timeline.create()`): signalled by `signal()` in the thread
  *   that created it. Its first `toFd()` creates the fence file; this thread holds the write end
  *   until the fence signals.
- * - **imported** (`DmaFence.fromFd()` of a fence file from another thread or process): signals
- *   when the fence file says so, from this thread's event loop. `signal()` throws `EPERM`.
+ * - **imported** (`DmaFence.fromFd()` of a fence file from another thread or process, or of a
+ *   kernel sync_file): signals when the file says so, from this thread's event loop.
+ *   `signal()` throws `EPERM`.
  * - **merged** (`DmaFence.merge()`): signals when all of its fences have. `signal()` throws
  *   `EPERM`. Its fence file is written by this thread, so it reads `EPIPE` if this thread ends
  *   first.
@@ -31,6 +32,7 @@
 import { DmaBufError } from '../core/errors.js';
 import { closeOwned, native, own, type PollHandle } from '../native/binding.js';
 import { createFenceFile, fenceFileKey, inspectFenceFile, readFenceFile, retireFenceFile, signalFenceFile, signaledFenceFile, type FenceFileState } from './fence-file.js';
+import { isKernelSyncFile, readKernelSyncFile } from './kernel-sync-file.js';
 import { interrupted, parseWaitOptions, startTimer, type FenceWaitOptions } from './wait-options.js';
 
 /**
@@ -78,11 +80,14 @@ interface OwnFile {
   done: boolean;
 }
 
-/** The fence file an imported fence watches, while it is unsignalled. */
+/** The fence file (or kernel sync_file) an imported fence watches, while it is unsignalled. */
 interface Source {
   fd: number;
   poll: PollHandle;
-  key: string;
+  /** The pipe's identity, for `byFile`; null for a kernel sync_file (it has none). */
+  key: string | null;
+  /** Reads the outcome: a fence file's count, or a sync_file's status. */
+  read: (fd: number) => FenceFileState;
   /** Waits in progress that keep the event loop alive. */
   refs: number;
 }
@@ -156,6 +161,11 @@ export interface FenceInternals {
   order(fence: DmaFence): FenceOrder;
   /** Whether `fence` is known to have signalled, without checking anything (no callbacks run). */
   isSignaled(fence: DmaFence): boolean;
+  /**
+   * The kernel sync_file an unsignalled imported fence watches (the fence keeps owning it:
+   * never close it), or undefined for any other fence.
+   */
+  syncFileOf(fence: DmaFence): number | undefined;
 }
 
 let internals!: FenceInternals;
@@ -197,6 +207,7 @@ export class DmaFence {
       settle: (fence, error) => fence.#settle(error),
       order: (fence) => fence.#order,
       isSignaled: (fence) => fence.#signaled,
+      syncFileOf: (fence) => (fence.#source && fence.#source.key === null ? fence.#source.fd : undefined),
     };
   }
 
@@ -423,16 +434,20 @@ export class DmaFence {
   }
 
   /**
-   * The fence of a fence file from {@link DmaFence.toFd}, in any thread or process. The caller
-   * keeps owning `fd` (this takes its own copy). In the thread that created the fence, returns
-   * that fence.
+   * The fence of a fence descriptor, in any thread or process: a fence file from
+   * {@link DmaFence.toFd}, or a kernel sync_file (from a driver, or from
+   * `buf.exportSyncFile()` of a kernel dma-buf). The caller keeps owning `fd` (this takes its
+   * own copy). In the thread that created a fence file, returns that fence.
    *
    * The imported fence signals from this thread's event loop when the original does; only its
-   * creator can signal it. It holds a descriptor until it signals.
+   * creator can signal it. It holds a descriptor until it signals. A sync_file's fence signals
+   * when every fence it holds has, with the error (errno name) of the first that failed; its
+   * `toFd()` gives a copy of the sync_file until then, which drivers accept.
    *
    * @throws {DmaBufError} `EBADF` when `fd` is not an integer from 0 to 2³¹−1 or is not open;
-   *   `EINVAL` when it is not a fence file (not the read end of an anonymous pipe, or a pipe
-   *   holding a count no fence writes) or `options` is bad; `EMFILE` when out of descriptors.
+   *   `EINVAL` when it is neither a fence file (the read end of an anonymous pipe holding a
+   *   count a fence writes) nor a kernel sync_file, or `options` is bad; `EMFILE` when out of
+   *   descriptors.
    * @example
    * ```ts
    * const fence = await DmaFence.fromFd(fd);
@@ -443,8 +458,19 @@ export class DmaFence {
    */
   static async fromFd(fd: number, options?: DmaFenceOptions): Promise<DmaFence> {
     const name = fenceName(options, 'fromFd', `fence file ${fd}`);
-    const { key, state } = inspectFenceFile(fd, 'fromFd');
-    const known = byFile.get(key)?.deref();
+    let key: string | null;
+    let state: FenceFileState;
+    let read: (fd: number) => FenceFileState = readFenceFile;
+    try {
+      ({ key, state } = inspectFenceFile(fd, 'fromFd'));
+    } catch (err) {
+      // Not a fence file: a kernel sync_file is a fence descriptor too.
+      if (!DmaBufError.is(err, 'EINVAL') || !isKernelSyncFile(fd)) throw err;
+      key = null;
+      read = readKernelSyncFile;
+      state = read(fd);
+    }
+    const known = key === null ? undefined : byFile.get(key)?.deref();
     if (known !== undefined) return known;
     const fence = new DmaFence({ name });
     fence.#kind = 'imported';
@@ -461,7 +487,7 @@ export class DmaFence {
       closeOwned(dup);
       throw err;
     }
-    fence.#source = { fd: dup, poll, key, refs: 0 };
+    fence.#source = { fd: dup, poll, key, read, refs: 0 };
     fence.#probe = () => fence.#check();
     fence.#hold = (delta) => {
       const s = fence.#source;
@@ -470,7 +496,7 @@ export class DmaFence {
       s.refs += delta;
       if (before !== s.refs > 0) native.pollRef(s.poll, s.refs > 0);
     };
-    byFile.set(key, new WeakRef(fence));
+    if (key !== null) byFile.set(key, new WeakRef(fence));
     return fence;
   }
 
@@ -531,7 +557,7 @@ export class DmaFence {
   #check(): void {
     const s = this.#source;
     if (!s) return;
-    const state = readFenceFile(s.fd);
+    const state = s.read(s.fd);
     if (state.signaled) this.#settle(importedError(state, this.#name));
   }
 
@@ -561,7 +587,7 @@ export class DmaFence {
     const source = this.#source;
     if (source) {
       this.#source = undefined;
-      byFile.delete(source.key);
+      if (source.key !== null) byFile.delete(source.key);
       // After the waits have resumed (their promises resolve in microtasks): the watcher and
       // the descriptor are not on the path of the wake-up. The watcher ignores further events.
       setImmediate(() => {

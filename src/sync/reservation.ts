@@ -60,10 +60,48 @@ export interface Reservation {
    */
   wait(usage: DmaResvUsage, options?: FenceWaitOptions): Promise<boolean>;
   /**
+   * Optional. Adds `fence` with `usage` after the fences a user of `usage` must respect now,
+   * and waits for those (not for fences added later): a dependency and its own fence in one
+   * step. A proxy does it in one round trip; without it, callers take `exportFence(usage)`,
+   * `add`, then wait for the snapshot.
+   *
+   * @returns `true`, or `false` when `timeout` ran out (`fence` stays added).
+   * @throws {DmaBufError} `EINTR` when `signal` aborts; `EINVAL` for bad arguments.
+   */
+  addAndWait?(fence: DmaFence, usage: DmaResvUsage, options?: FenceWaitOptions): Promise<boolean>;
+  /**
    * One fence for what a user of `usage` must respect now: a snapshot, that fences added
    * later do not join. Signalled already when there is nothing to wait for.
    *
    * @throws {DmaBufError} `EINVAL` for an unknown usage.
    */
   exportFence(usage: DmaResvUsage): DmaFence | Promise<DmaFence>;
+  /**
+   * A new descriptor, owned by the caller, of a fence for what a user of `usage` must respect
+   * now: the fence descriptor of {@link Reservation.exportFence} (a fence file, or a kernel
+   * sync_file when the kernel holds the fences), without importing it here.
+   *
+   * @throws {DmaBufError} `EINVAL` for an unknown usage; `EMFILE` when out of descriptors.
+   */
+  exportFd(usage: DmaResvUsage): number | Promise<number>;
+}
+
+/**
+ * Adds `fence` with `usage` to `resv` after the fences a user of `usage` must respect now, and
+ * waits for those: `resv.addAndWait` where the object has it (one round trip for a proxy),
+ * else `exportFence`, `add`, and a wait for the snapshot.
+ *
+ * @returns `true`, or `false` when `timeout` ran out (`fence` stays added).
+ * @throws {DmaBufError} `EINTR` when `signal` aborts; `EINVAL` for bad arguments; what the
+ *   object's methods throw.
+ * @example
+ * ```ts
+ * await addAndWait(buf.resv, reading, 'read');
+ * ```
+ */
+export async function addAndWait(resv: Reservation, fence: DmaFence, usage: DmaResvUsage, options?: FenceWaitOptions): Promise<boolean> {
+  if (resv.addAndWait) return resv.addAndWait(fence, usage, options);
+  const before = await resv.exportFence(usage);
+  await resv.add(fence, usage);
+  return before.wait(options);
 }

@@ -28,6 +28,21 @@ interface Entry {
 }
 
 /**
+ * Waits for every fence of `fences`: one at a time, each wait cleaning up after itself (a
+ * merged fence would leave its callbacks on the fences after a timeout).
+ *
+ * @returns `false` when `timeout` ran out first.
+ * @throws {DmaBufError} `EINTR` when `signal` aborts.
+ */
+async function waitAll(fences: readonly DmaFence[], timeout: number, signal: AbortSignal | undefined): Promise<boolean> {
+  const deadline = performance.now() + timeout;
+  for (const fence of fences) {
+    if (!(await fence.wait({ timeout: Math.max(0, deadline - performance.now()), signal }))) return false;
+  }
+  return true;
+}
+
+/**
  * A reservation object held by this thread.
  *
  * @example
@@ -136,15 +151,35 @@ export class DmaResv implements Reservation {
     const { timeout, signal } = parseWaitOptions(options, 'wait');
     if (timeout === 0) return this.test(usage);
     const deadline = performance.now() + timeout;
-    // One fence at a time, each wait cleaning up after itself (a merged fence would leave its
-    // callbacks on the fences after a timeout), until nothing is left to respect.
+    // Until nothing is left to respect (fences added meanwhile too).
     for (let pending = this.fences(usage); pending.length > 0; pending = this.fences(usage)) {
-      for (const fence of pending) {
-        const left = Math.max(0, deadline - performance.now());
-        if (!(await fence.wait({ timeout: left, signal }))) return false;
-      }
+      if (!(await waitAll(pending, Math.max(0, deadline - performance.now()), signal))) return false;
     }
     return true;
+  }
+
+  /**
+   * Adds `fence` with `usage` after the fences a user of `usage` must respect, and waits for
+   * those (the ones present when it was added; later ones are ordered after it): what a job
+   * does with implicit fences, collecting its dependencies and publishing its own fence, in
+   * one step (`buf.beginCpuAccess(access, { fence })`).
+   *
+   * @returns `true` once they have signalled, or `false` when `timeout` ran out; `fence` stays
+   *   added either way (signal it when the work it stands for ends or is given up).
+   * @throws {DmaBufError} `EINTR` (a rejection) when `signal` aborts (after the add);
+   *   `EINVAL` for a bad fence, usage or options (before it).
+   * @example
+   * ```ts
+   * const reading = new DmaFence({ name: 'reading' });
+   * await resv.addAndWait(reading, 'read');   // writers now wait for us; the writer is done
+   * ```
+   */
+  async addAndWait(fence: DmaFence, usage: DmaResvUsage, options?: FenceWaitOptions): Promise<boolean> {
+    respectedLevel(usage, 'addAndWait');
+    const { timeout, signal } = parseWaitOptions(options, 'addAndWait');
+    const before = this.fences(usage).filter((f) => f !== fence);
+    this.add(fence, usage);
+    return waitAll(before, timeout, signal);
   }
 
   /**
@@ -163,6 +198,20 @@ export class DmaResv implements Reservation {
     const pending = this.fences(usage);
     if (pending.length === 1) return pending[0]!;
     return DmaFence.merge(pending, { name: `reservation snapshot (${usage})` });
+  }
+
+  /**
+   * A new descriptor of the fence file of {@link DmaResv.exportFence}, owned by the caller:
+   * the exported sync file of a buffer of this thread.
+   *
+   * @throws {DmaBufError} `EINVAL` for an unknown usage; `EMFILE` when out of descriptors.
+   * @example
+   * ```ts
+   * const fd = resv.exportFd('write');   // what a writer must wait for now, for another process
+   * ```
+   */
+  exportFd(usage: DmaResvUsage): number {
+    return this.exportFence(usage).toFd();
   }
 
   #prune(): void {

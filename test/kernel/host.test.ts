@@ -80,18 +80,18 @@ test('a kernel dma-buf name holds at most 31 bytes (32 with the terminator), cou
   assert.throws(() => checkKernelName('setName', 'é'.repeat(16)), (e: unknown) => DmaBufError.is(e, 'EINVAL'), '16 characters, 32 bytes');
 });
 
-test('setName, syncStart and syncEnd on a buffer of this package: ENOTTY for the name, no-ops for the brackets, EINVAL for bad arguments', async () => {
+test('setName, beginCpuAccess and endCpuAccess on a buffer of this package: ENOTTY for the name, no-ops for the brackets, EINVAL for bad arguments', async () => {
   const buf = systemHeap.allocate(4096, { name: 'ours' });
   assert.throws(() => buf.setName('other'), (e: unknown) => DmaBufError.is(e, 'ENOTTY') && /system/.test((e as Error).message));
   assert.throws(() => buf.setName('a\0b'), (e: unknown) => DmaBufError.is(e, 'EINVAL'));
   assert.equal(buf.name, 'ours');
-  await buf.syncStart('read');
-  await buf.syncEnd('read');
-  await buf.syncStart('read-write');
-  await buf.syncEnd('read-write');
-  await assert.rejects(buf.syncStart('rw' as never), (e: unknown) => DmaBufError.is(e, 'EINVAL'));
+  await buf.beginCpuAccess('read');
+  await buf.endCpuAccess('read');
+  await buf.beginCpuAccess('read-write');
+  await buf.endCpuAccess('read-write');
+  await assert.rejects(buf.beginCpuAccess('rw' as never), (e: unknown) => DmaBufError.is(e, 'EINVAL'));
   buf.put();
-  await assert.rejects(buf.syncStart('read'), (e: unknown) => DmaBufError.is(e, 'EINVAL') && /has been put/.test((e as Error).message));
+  await assert.rejects(buf.beginCpuAccess('read'), (e: unknown) => DmaBufError.is(e, 'EINVAL') && /has been put/.test((e as Error).message));
 });
 
 test('a map the exporter refuses names the exporter; NVIDIA\'s ENOTSUPP (errno 524) becomes ENOTSUP', () => {

@@ -112,7 +112,7 @@ test('maps and attachments beyond a process\'s limit fail with ENOSPC; closing t
     assert.equal(mapped, 50);
     assert.equal(refused, 20);
     assert.equal(buf.mapCount, 50);
-    assert.deepEqual(usageFor(process.pid), { channels: 1, attachments: 3, maps: 50 });
+    assert.deepEqual(usageFor(process.pid), { channels: 1, attachments: 3, maps: 50, fences: 0, waits: 0 });
     await legitImport(file);
   } finally {
     native.close(ch.sock);
@@ -120,6 +120,6 @@ test('maps and attachments beyond a process\'s limit fail with ENOSPC; closing t
     setServiceLimits(DEFAULT_SERVICE_LIMITS);
   }
   await until(() => buf.mapCount === 0 && buf.attachments.length === 0, 5000, 'cleanup of the closed channel');
-  assert.deepEqual(usageFor(process.pid), { channels: 0, attachments: 0, maps: 0 });
+  assert.deepEqual(usageFor(process.pid), { channels: 0, attachments: 0, maps: 0, fences: 0, waits: 0 });
   buf.put();
 });

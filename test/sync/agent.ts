@@ -10,8 +10,11 @@ import { BufferChannel, DmaFence } from '../../src/index.js';
 import { afterEach, beforeEach } from 'node:test';
 import { openFdCount, startChild, waitFor } from '../helpers.js';
 
-/** The agent's program: one JSON command a line on stdin, one JSON line a reply or event on stdout. */
-const AGENT = `
+/**
+ * The agent's program: one JSON command a line on stdin, one JSON line a reply or event on
+ * stdout. `extra` is more code run before the first command, which may add to `handlers`.
+ */
+const agentScript = (extra: string): string => `
 import readline from 'node:readline';
 import { readdirSync } from 'node:fs';
 const { DmaFence, DmaFenceTimeline, DmaBufError, BufferChannel } = m;
@@ -47,6 +50,7 @@ const handlers = {
   fds: () => ({ fds: readdirSync('/proc/self/fd').length }),
   exit: () => { channel.close(); process.exit(0); },
 };
+${extra}
 readline.createInterface({ input: process.stdin }).on('line', async (line) => {
   const cmd = JSON.parse(line);
   try {
@@ -95,10 +99,10 @@ export class Agent {
     child.once('exit', () => this.#wakeAll());
   }
 
-  /** Starts an agent and waits until it is ready. */
-  static async start(): Promise<Agent> {
+  /** Starts an agent (with `extra` code that may add handlers) and waits until it is ready. */
+  static async start(extra = ''): Promise<Agent> {
     const [channel, theirs] = BufferChannel.pair();
-    const child = startChild(AGENT, [theirs]);
+    const child = startChild(agentScript(extra), [theirs]);
     closeSync(theirs);
     const agent = new Agent(child, channel);
     await agent.next((l) => l.ready === true);

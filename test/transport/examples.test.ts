@@ -37,3 +37,11 @@ test('examples/worker-thread: the worker sums every frame correctly', () => {
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.match(/\(correct\)/g)?.length, 4, r.stdout);
 });
+
+test('examples/fenced-ring: a worker and a child read every frame once, whole, through a ring with fences only', () => {
+  const r = runExample('fenced-ring');
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /the worker verified 300 of 300 frames: 0 torn or misplaced, 0 duplicated, 0 lost/);
+  assert.match(r.stdout, /the child verified 300 of 300 frames: 0 torn or misplaced, 0 duplicated, 0 lost/);
+  assert.match(r.stdout, /every frame arrived once, whole/);
+});

@@ -66,10 +66,10 @@ test('V4L2 capture from vivid: a frame handed zero-copy to another process shows
     const { buffer, meta } = await ch.receive();
     const att = await buffer.attach(new m.CpuDevice());
     const sgt = await att.map('to-device');
-    await buffer.syncStart('read');
+    await buffer.beginCpuAccess('read');
     const v = sgt.segments[0].view.subarray(0, meta.bytesUsed);
     out({ exporter: buffer.exporter, name: buffer.name, bars: sampleBars(v, meta.width, meta.height, meta.bytesPerLine), hash: fnv1a(v) });
-    await buffer.syncEnd('read');
+    await buffer.endCpuAccess('read');
     await att.detach();
     buffer.put();
     ch.close();
