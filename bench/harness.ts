@@ -10,6 +10,7 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Costs } from './costs.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -177,6 +178,8 @@ export interface Row {
   gc?: { perHandoff: number; majorPerHandoff: number; msPerHandoff: number };
   /** Anything else worth keeping (the cold first sample, a note). */
   extra?: Record<string, unknown>;
+  /** Per hand-off costs from separate passes (bench/costs.ts), on the one-way row. */
+  costs?: Costs;
 }
 
 export interface Target {
@@ -196,6 +199,8 @@ export interface CaseResult {
   rows: Row[];
   notes: string[];
   targets: Target[];
+  /** The method the tables' ratios are relative to (default: dmabuf). */
+  reference?: string;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
  *
  * - `{ op: 'ring' }` + N descriptors: get, attach, map('to-device') each, keep the views.
  * - `{ op: 'run', mode: 'sync' }`: a blocking loop in recvmsg (like Atomics.wait), until the
- *   slot 255 arrives; `mode: 'loop'`: the same on the event loop (uv_poll).
+ *   slot 255 arrives; `mode: 'loop'`: the same on the event loop (uv_poll). A notification
+ *   with bit 0x40 set is a bare hop: the answer echoes it and no buffer is read.
  */
 import { CpuDevice, DmaBuf } from '../../src/index.js';
 import { native, type PollHandle } from '../../src/native/binding.js';
@@ -19,13 +20,21 @@ const device = new CpuDevice({ name: 'bench-pool' });
 const views: Uint8Array[] = [];
 const answer = new Uint8Array(2);
 
+/** A notification with this bit set is a bare hop: echo it twice, read no buffer. */
+const BARE = 0x40;
+
 /** Serves one notification; returns false at the stop byte. */
 function serve(data: Buffer): boolean {
   const slot = data[0]!;
   if (slot === STOP) return false;
-  const [first, last] = readEnds(views[slot]!);
-  answer[0] = first;
-  answer[1] = last;
+  if ((slot & BARE) !== 0) {
+    answer[0] = slot;
+    answer[1] = slot;
+  } else {
+    const [first, last] = readEnds(views[slot]!);
+    answer[0] = first;
+    answer[1] = last;
+  }
   native.sendmsg(NOTIFY, answer, [], 0);
   return true;
 }

@@ -3,6 +3,7 @@
  * SOCK_SEQPACKET socket, read on the event loop, and the reading loops every receiver runs
  * (the same code in every case, so that the cases stay comparable).
  */
+import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
 import { native, type PollHandle } from '../../src/native/binding.js';
 
 /** Reads the first and last byte (what a "hand-off" ends with). */
@@ -121,4 +122,26 @@ type WaitAsyncResult = { async: false; value: 'not-equal' | 'timed-out' } | { as
 /** Atomics.waitAsync (Node 16+; not in the ES2022 typings the project compiles against). */
 export function waitAsync(a: Int32Array, index: number, value: number, timeout?: number): WaitAsyncResult {
   return (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, t?: number): WaitAsyncResult }).waitAsync(a, index, value, timeout);
+}
+
+/** Garbage collections of this thread so far (cumulative), counted by a PerformanceObserver. */
+export interface GcCount {
+  count: number;
+  /** Major ones (mark-compact or incremental marking). */
+  major: number;
+  /** Pause time, ms. */
+  ms: number;
+}
+
+/** Starts counting this thread's garbage collections into the returned object. */
+export function observeGc(): GcCount {
+  const gc: GcCount = { count: 0, major: 0, ms: 0 };
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gc.count++;
+      gc.ms += e.duration;
+      if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) gc.major++;
+    }
+  }).observe({ entryTypes: ['gc'] });
+  return gc;
 }
