@@ -36,6 +36,9 @@ export interface Costs {
   syscallsN?: number;
   /** The receiving thread's calls per hand-off, by name, most frequent first. */
   syscallsByName?: Record<string, number>;
+  /** Requests the exporter answered for the receiver per hand-off (0: a one-message hand-off), and notifications it ran. */
+  exporterRequests?: number;
+  exporterNotifications?: number;
   /** Why a measurement is missing. */
   note?: string;
 }

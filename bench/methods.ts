@@ -20,6 +20,7 @@ import { createInterface, type Interface } from 'node:readline';
 import { Worker } from 'node:worker_threads';
 import { BufferChannel, CpuDevice, postBuffer, systemHeap, type DmaBuf } from '../src/index.js';
 import { kOnRelease } from '../src/core/internal.js';
+import { serviceChannels } from '../src/remote/service.js';
 import { native } from '../src/native/binding.js';
 import { now, receiver, root, track } from './harness.js';
 import { perHandoffByName, processCpuNs, threadCpuNs, traceSyscalls, type Costs } from './costs.js';
@@ -145,7 +146,8 @@ export class Payload {
   }
 }
 
-const nodeArgs = ['--no-warnings'];
+/** Options of every Node.js receiver; BENCH_NODE_ARGS adds some (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"). */
+const nodeArgs = ['--no-warnings', ...(process.env['BENCH_NODE_ARGS'] ?? '').split(' ').filter(Boolean)];
 
 // ---------------------------------------------------------------------------------------
 
@@ -320,18 +322,38 @@ export class ChannelHost {
   }
 }
 
-/** A costs pass (CPU, GC) of `n` back-to-back hand-offs, with the receiver's stats around it. */
-async function costsPass(n: number, once: () => Promise<Sample>, stats: () => Promise<{ cpuNs: number; gc: { count: number; major: number } }>): Promise<Costs> {
+/**
+ * Requests and notifications the exporter (this thread) ran, on every channel: a costs pass
+ * runs one method alone, so they are that method's.
+ */
+function exporterTraffic(): { requests: number; notifications: number } {
+  let requests = 0;
+  let notifications = 0;
+  for (const c of serviceChannels()) {
+    requests += c.requests;
+    notifications += c.notifications;
+  }
+  return { requests, notifications };
+}
+
+/**
+ * A costs pass (CPU, GC) of `n` back-to-back hand-offs, with the receiver's stats around it;
+ * for a dmabuf method (`exporter`), also the requests and notifications the exporter ran.
+ */
+async function costsPass(n: number, once: () => Promise<Sample>, stats: () => Promise<{ cpuNs: number; gc: { count: number; major: number } }>, exporter = false): Promise<Costs> {
+  const x0 = exporter ? exporterTraffic() : undefined;
   const s0 = await stats();
   let sender = 0;
   for (let i = 0; i < n; i++) sender += (await once()).cpu!['sender']!;
   const s1 = await stats();
+  const x1 = exporter ? exporterTraffic() : undefined;
   return {
     n,
     cpuSender: sender / n,
     cpuReceiver: (s1.cpuNs - s0.cpuNs) / n,
     gc: (s1.gc.count - s0.gc.count) / n,
     gcMajor: (s1.gc.major - s0.gc.major) / n,
+    ...(x0 && x1 ? { exporterRequests: (x1.requests - x0.requests) / n, exporterNotifications: (x1.notifications - x0.notifications) / n } : {}),
   };
 }
 
@@ -353,8 +375,10 @@ async function syscallPass(n: number, pid: number, tid: number, once: () => Prom
  * A one-message hand-off: for each hand-off the exporter (this thread) allocates a new buffer
  * and writes it (before t0), sends it and puts its reference; the receiver maps it with the
  * message (`{ map }`), reads the first and last byte, unmaps, detaches, puts and acks with
- * `{ first, last, tMapped, tRead, tDone }`. The sender's CPU is counted from t0 until the
- * buffer is released here (the receiver's unmap, detach and put reached the exporter).
+ * `{ first, last, stale, tMapped, tRead, tDone }` (`stale`: the view's byteLength after unmap,
+ * which must be 0). The sender's CPU is counted from t0 until it has
+ * the ack and has run the receiver's unmap and detach; it puts its reference after that, and
+ * waits for the release (which frees the storage) before the next hand-off.
  */
 abstract class OneMessageMethod implements Method {
   abstract readonly name: string;
@@ -381,22 +405,37 @@ abstract class OneMessageMethod implements Method {
     const acked = this.ack();
     const cpu0 = this.cpuNow();
     const t0 = now();
+    let r: Record<string, unknown>;
+    let tSent: bigint;
+    let tAck: bigint;
+    let cpu: number;
     try {
       await this.send(buf, read);
+      tSent = now();
+      r = await acked;
+      tAck = now();
+      // The exporter's part ends when it has run the receiver's unmap and detach (sent before
+      // the ack, on the route's channel): poll for it, gently (the poll's CPU is counted).
+      for (let i = 0; buf.mapCount > 0 || buf.attachments.length > 0; i++) {
+        if (i > 30_000) throw new Error(`${this.name}: the receiver's unmap and detach did not reach the exporter`);
+        await new Promise((resolve) => setTimeout(resolve, 0));
+      }
+      cpu = this.cpuNow() - cpu0;
     } finally {
-      buf.put(); // the producer's reference: the receiver holds its own
+      // The producer's reference, put after the measured span: the release that follows
+      // frees the storage (milliseconds for large buffers), which is not the hand-off's cost.
+      buf.put();
     }
-    const r = await acked;
-    const tAck = now();
     await released.promise;
-    const cpu = this.cpuNow() - cpu0;
     check(this.name, r.first, r.last);
+    if (r.stale !== 0) throw new Error(`${this.name}: after unmap the receiver's view still has ${String(r.stale)} bytes (unmap must detach every view)`);
     const t = (k: string): bigint => BigInt(r[k] as string | bigint);
     return {
       oneWayNs: Number(t('tRead') - t0),
       roundTripNs: Number(tAck - t0),
       steps: {
-        'send..mapped': Number(t('tMapped') - t0),
+        send: Number(tSent - t0),
+        'sent..mapped': Number(t('tMapped') - tSent),
         read: Number(t('tRead') - t('tMapped')),
         cleanup: Number(t('tDone') - t('tRead')),
         ack: Number(tAck - t('tDone')),
@@ -436,7 +475,7 @@ export class DmabufChannelMethod extends OneMessageMethod {
   }
 
   costs(n: number, read: ReadMode): Promise<Costs> {
-    return costsPass(n, () => this.once(read), () => this.host.stats());
+    return costsPass(n, () => this.once(read), () => this.host.stats(), true);
   }
 
   syscalls(n: number, read: ReadMode): Promise<Partial<Costs>> {
@@ -454,35 +493,43 @@ export class DmabufChannelMethod extends OneMessageMethod {
  * the same ack.
  */
 export class ChannelBareMethod implements Method {
-  readonly name = 'BufferChannel bare hop';
+  readonly name: string;
+  /** The bare hop after the exporter wrote a new buffer of the size (see {@link afterFreshWrite}). */
+  readonly afterWrite: boolean;
+  costs?: (n: number, read: ReadMode) => Promise<Costs>;
+  syscalls?: (n: number, read: ReadMode) => Promise<Partial<Costs>>;
   #fd = -1;
+  #size = 0;
 
-  constructor(readonly host: ChannelHost) {}
+  constructor(readonly host: ChannelHost, options: { afterWrite?: boolean } = {}) {
+    this.afterWrite = options.afterWrite ?? false;
+    this.name = this.afterWrite ? 'BufferChannel bare hop, after a fresh write' : 'BufferChannel bare hop';
+    if (!this.afterWrite) {
+      this.costs = (n, read) => costsPass(n, () => this.once(read), () => this.host.stats());
+      this.syscalls = (n, read) => syscallPass(n, this.host.pid, this.host.pid, () => this.once(read), true);
+    }
+  }
 
   async start(): Promise<void> {
     await this.host.start();
     this.#fd = openSync('/dev/null', 'r');
   }
 
-  async prepare(): Promise<void> {}
-
-  async once(read: ReadMode): Promise<Sample> {
-    const acked = this.host.reply(this.name);
-    const cpu0 = processCpuNs();
-    const t0 = now();
-    await this.host.bare!.sendFd(this.#fd, { read });
-    const r = await acked;
-    const tAck = now();
-    const cpu = processCpuNs() - cpu0;
-    return { oneWayNs: Number(BigInt(r.tRead as string) - t0), roundTripNs: Number(tAck - t0), cpu: { sender: cpu } };
+  async prepare(size: number): Promise<void> {
+    this.#size = size;
   }
 
-  costs(n: number, read: ReadMode): Promise<Costs> {
-    return costsPass(n, () => this.once(read), () => this.host.stats());
-  }
-
-  syscalls(n: number, read: ReadMode): Promise<Partial<Costs>> {
-    return syscallPass(n, this.host.pid, this.host.pid, () => this.once(read), true);
+  once(read: ReadMode): Promise<Sample> {
+    return afterFreshWrite(this.afterWrite ? this.#size : 0, this.name, async () => {
+      const acked = this.host.reply(this.name);
+      const cpu0 = processCpuNs();
+      const t0 = now();
+      await this.host.bare!.sendFd(this.#fd, { read });
+      const r = await acked;
+      const tAck = now();
+      const cpu = processCpuNs() - cpu0;
+      return { oneWayNs: Number(BigInt(r.tRead as string) - t0), roundTripNs: Number(tAck - t0), cpu: { sender: cpu } };
+    });
   }
 
   async free(): Promise<void> {}
@@ -491,6 +538,25 @@ export class ChannelBareMethod implements Method {
     if (this.#fd >= 0) closeSync(this.#fd);
     this.#fd = -1;
     await this.host.close();
+  }
+}
+
+/**
+ * Runs a bare hop `hop` the way a one-message hand-off runs: when `size` is not 0, right after
+ * this thread allocated and wrote a new buffer of `size` bytes (which is not sent, and is put
+ * and released after the hop). On this machine (a PVM guest: shadow page tables) everything
+ * both processes do right after one of them wrote tens of MiB of new pages is several times
+ * slower; this baseline has the same precondition as dmabuf-channel and dmabuf-worker.
+ */
+async function afterFreshWrite(size: number, what: string, hop: () => Promise<Sample>): Promise<Sample> {
+  if (size === 0) return hop();
+  const buf = await filledBuffer(size, 4096, `bench-write-${size}`);
+  const released = releaseOf(buf, what);
+  try {
+    return await hop();
+  } finally {
+    buf.put();
+    await released.promise;
   }
 }
 
@@ -565,7 +631,7 @@ export class WorkerDmabufMethod extends OneMessageMethod {
   }
 
   costs(n: number, read: ReadMode): Promise<Costs> {
-    return costsPass(n, () => this.once(read), () => this.host.stats());
+    return costsPass(n, () => this.once(read), () => this.host.stats(), true);
   }
 
   syscalls(n: number, read: ReadMode): Promise<Partial<Costs>> {
@@ -579,33 +645,41 @@ export class WorkerDmabufMethod extends OneMessageMethod {
 
 /** The bare postMessage of a small object to the same worker, and its small answer. */
 export class WorkerSmallMethod implements Method {
-  readonly name = 'worker postMessage (small object)';
+  readonly name: string;
+  /** The postMessage after this thread wrote a new buffer of the size (see {@link afterFreshWrite}). */
+  readonly afterWrite: boolean;
+  costs?: (n: number, read: ReadMode) => Promise<Costs>;
+  syscalls?: (n: number, read: ReadMode) => Promise<Partial<Costs>>;
+  #size = 0;
 
-  constructor(readonly host: WorkerHost) {}
+  constructor(readonly host: WorkerHost, options: { afterWrite?: boolean } = {}) {
+    this.afterWrite = options.afterWrite ?? false;
+    this.name = this.afterWrite ? 'worker postMessage (small object), after a fresh write' : 'worker postMessage (small object)';
+    if (!this.afterWrite) {
+      this.costs = (n, read) => costsPass(n, () => this.once(read), () => this.host.stats());
+      this.syscalls = (n, read) => syscallPass(n, process.pid, this.host.tid, () => this.once(read), false);
+    }
+  }
 
   start(): Promise<void> {
     return this.host.start();
   }
 
-  async prepare(): Promise<void> {}
-
-  async once(read: ReadMode): Promise<Sample> {
-    const acked = this.host.reply(this.name);
-    const cpu0 = threadCpuNs();
-    const t0 = now();
-    this.host.worker!.postMessage({ kind: 'small', read });
-    const r = await acked;
-    const tAck = now();
-    const cpu = threadCpuNs() - cpu0;
-    return { oneWayNs: Number((r.tRead as bigint) - t0), roundTripNs: Number(tAck - t0), cpu: { sender: cpu } };
+  async prepare(size: number): Promise<void> {
+    this.#size = size;
   }
 
-  costs(n: number, read: ReadMode): Promise<Costs> {
-    return costsPass(n, () => this.once(read), () => this.host.stats());
-  }
-
-  syscalls(n: number, read: ReadMode): Promise<Partial<Costs>> {
-    return syscallPass(n, process.pid, this.host.tid, () => this.once(read), false);
+  once(read: ReadMode): Promise<Sample> {
+    return afterFreshWrite(this.afterWrite ? this.#size : 0, this.name, async () => {
+      const acked = this.host.reply(this.name);
+      const cpu0 = threadCpuNs();
+      const t0 = now();
+      this.host.worker!.postMessage({ kind: 'small', read });
+      const r = await acked;
+      const tAck = now();
+      const cpu = threadCpuNs() - cpu0;
+      return { oneWayNs: Number((r.tRead as bigint) - t0), roundTripNs: Number(tAck - t0), cpu: { sender: cpu } };
+    });
   }
 
   async free(): Promise<void> {}

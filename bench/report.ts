@@ -93,13 +93,13 @@ function costsTable(rows: Row[]): string {
   const rs = rows.filter((r) => r.costs);
   if (!rs.length) return '';
   const out = [
-    '| method | size | N | CPU sender | CPU receiver | system calls in the receiver (all threads) | of them, the receiving thread | GCs in the receiver (major) | note |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
+    '| method | size | N | CPU sender | CPU receiver | system calls in the receiver (all threads) | of them, the receiving thread | GCs in the receiver (major) | requests / notifications to the exporter | note |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
   ];
   const n = (v: number | undefined, d = 1): string => (v === undefined ? '–' : v.toFixed(d));
   for (const r of rs) {
     const c = r.costs!;
-    out.push(`| ${r.method} | ${fmtSize(r.size)} | ${c.n}${c.syscallsN !== undefined && c.syscallsN !== c.n ? ` (strace ${c.syscallsN})` : ''} | ${fmtTime(c.cpuSender) || '–'} | ${fmtTime(c.cpuReceiver) || '–'} | ${n(c.syscalls)} | ${n(c.syscallsMain)} | ${c.gc === undefined ? '–' : `${c.gc.toFixed(2)} (${n(c.gcMajor, 2)})`} | ${c.note ?? ''} |`);
+    out.push(`| ${r.method} | ${fmtSize(r.size)} | ${c.n}${c.syscallsN !== undefined && c.syscallsN !== c.n ? ` (strace ${c.syscallsN})` : ''} | ${fmtTime(c.cpuSender) || '–'} | ${fmtTime(c.cpuReceiver) || '–'} | ${n(c.syscalls)} | ${n(c.syscallsMain)} | ${c.gc === undefined ? '–' : `${c.gc.toFixed(2)} (${n(c.gcMajor, 2)})`} | ${c.exporterRequests === undefined ? '–' : `${n(c.exporterRequests, 2)} / ${n(c.exporterNotifications, 2)}`} | ${c.note ?? ''} |`);
   }
   return out.join('\n');
 }
@@ -160,13 +160,13 @@ export function markdown(rep: Report): string {
       const ows = oneWayStepsTable(c.rows);
       if (ows) {
         lines.push('### One-message hand-offs: where the time goes (medians per step)', '');
-        lines.push('`send..mapped`: t0 (before `send` / `postBuffer`) to `receive({ map })` / `receiveBuffer(m, { map })` having resolved in the receiver, mapped; `read`: the first and last byte; `cleanup`: unmap + detach + put (after the one-way span); `ack`: the receiver\'s answer reaching the sender.', '');
+        lines.push('`send`: t0 (before `channel.send` / `postBuffer`) to its promise having resolved in the sender (the exporter prepared its offer and the message left); `sent..mapped`: from then to `receive({ map })` / `receiveBuffer(m, { map })` having resolved in the receiver, mapped (the delivery, the wake-up and the receiver\'s work); `read`: the first and last byte; `cleanup`: unmap + detach + put (after the one-way span); `ack`: the receiver\'s answer reaching the sender.', '');
         lines.push(ows, '');
       }
       const ct = costsTable(c.rows);
       if (ct) {
         lines.push('### Costs per hand-off (separate passes)', '');
-        lines.push('Means over N back-to-back hand-offs of one method (see the notes above for how each is counted). CPU sender: the exporting process (or thread) from t0 until the buffer was released there (for dmabuf) or the ack (for the others); CPU receiver: the receiving process (every thread) or worker thread over the pass. System calls: strace, in the receiving process (every thread), or in the worker thread.', '');
+        lines.push('Means over N back-to-back hand-offs of one method (see the notes above for how each is counted). CPU sender: the exporting process (or thread) from t0 until the ack (for dmabuf: and until it has run the receiver\'s unmap and detach; the release that frees the storage is not counted); CPU receiver: the receiving process (every thread) or worker thread over the pass. System calls: strace, in the receiving process (every thread), or in the worker thread.', '');
         lines.push(ct, '');
         const names = syscallNames(c.rows);
         if (names) lines.push(names, '');

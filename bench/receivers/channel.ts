@@ -47,10 +47,12 @@ async function serveHandoffs(): Promise<void> {
       const sum = (meta as { read?: string } | undefined)?.read === 'all' && segs.length === 1 ? sumAll(segs[0]!.view!) : 0;
       const tRead = process.hrtime.bigint();
       await attachment!.unmap(sgt!);
+      // Unmap detaches every view: a stale one has byteLength 0 (the harness checks it).
+      const stale = segs[0]!.view!.byteLength;
       await attachment!.detach();
       buffer.put();
       const tDone = process.hrtime.bigint();
-      control.send({ ok: true, first, last, sum, nents: segs.length, tMapped, tRead, tDone });
+      control.send({ ok: true, first, last, sum, stale, nents: segs.length, tMapped, tRead, tDone });
     } catch (err) {
       control.send({ ok: false, error: String((err as Error)?.stack ?? err) });
     }

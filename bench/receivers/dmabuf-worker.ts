@@ -4,7 +4,8 @@
  *
  * - a buffer message (`postBuffer`): `receiveBuffer(m, { map: { device: cpu, direction:
  *   'to-device' } })`, read the first and last byte, unmap, detach, put, answer
- *   `{ first, last, tMapped, tRead, tDone }` (a small postMessage).
+ *   `{ first, last, stale, tMapped, tRead, tDone }` (a small postMessage; `stale`: the view's
+ *   byteLength after unmap, 0 when unmap detached it).
  * - `{ kind: 'small' }`: the bare postMessage of a small object; answers `{ tRead }`.
  * - `{ kind: 'bytes', data }`: a copied Uint8Array; answers `{ first, last, tRead }`.
  * - `{ kind: 'stats' }`: this thread's CPU time (ns, /proc/thread-self/schedstat), its garbage
@@ -29,10 +30,12 @@ async function onBuffer(m: unknown): Promise<void> {
   const last = lastView[lastView.length - 1]!;
   const tRead = process.hrtime.bigint();
   await attachment!.unmap(sgt!);
+  // Unmap detaches every view: a stale one has byteLength 0 (the harness checks it).
+  const stale = segs[0]!.view!.byteLength;
   await attachment!.detach();
   buffer.put();
   const tDone = process.hrtime.bigint();
-  port.postMessage({ first, last, tMapped, tRead, tDone });
+  port.postMessage({ first, last, stale, tMapped, tRead, tDone });
 }
 
 port.on('message', (m: { kind?: string; data?: Uint8Array }) => {
