@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError, integerOption, parseOptions } from '../cli/args.js';
+import type { Costs } from './costs.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -188,6 +189,8 @@ export interface Row {
   gc?: { perHandoff: number; majorPerHandoff: number; msPerHandoff: number };
   /** Anything else worth keeping (the cold first sample, a note). */
   extra?: Record<string, unknown>;
+  /** Per hand-off costs from separate passes (bench/costs.ts), on the one-way row. */
+  costs?: Costs;
 }
 
 export interface Target {
@@ -207,6 +210,8 @@ export interface CaseResult {
   rows: Row[];
   notes: string[];
   targets: Target[];
+  /** The method the tables' ratios are relative to (default: dmabuf). */
+  reference?: string;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -11,16 +11,19 @@
  * buf.fd()); `tRead` by the receiver once it has read (CLOCK_MONOTONIC in both).
  */
 import { spawn, fork, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { Worker } from 'node:worker_threads';
-import { CpuDevice, systemHeap, type DmaBuf } from '../src/index.js';
+import { BufferChannel, CpuDevice, postBuffer, systemHeap, type DmaBuf } from '../src/index.js';
+import { kOnRelease } from '../src/core/internal.js';
+import { serviceChannels } from '../src/remote/service.js';
 import { native } from '../src/native/binding.js';
 import { now, receiver, root, track } from './harness.js';
+import { perHandoffByName, processCpuNs, threadCpuNs, traceSyscalls, type Costs } from './costs.js';
 import { Packets, type Msg } from './receivers/wire.js';
 
 export type ReadMode = 'ends' | 'all';
@@ -54,6 +57,13 @@ export interface Method {
   free(): Promise<void>;
   /** Stops the receiver. */
   close(): Promise<void>;
+  /**
+   * Optional: the costs of one hand-off (CPU of each side, garbage collections in the
+   * receiver), from `n` back-to-back hand-offs of this method alone (see bench/costs.ts).
+   */
+  costs?(n: number, read: ReadMode): Promise<Costs>;
+  /** Optional: system calls of the receiver per hand-off, from `n` hand-offs under strace. */
+  syscalls?(n: number, read: ReadMode): Promise<Partial<Costs>>;
 }
 
 export const FIRST = 0x11;
@@ -67,6 +77,44 @@ function fillPattern(v: Uint8Array): void {
 
 function check(name: string, first: unknown, last: unknown): void {
   if (first !== FIRST || last !== LAST) throw new Error(`${name}: the receiver read ${String(first)}/${String(last)}, expected ${FIRST}/${LAST}`);
+}
+
+/**
+ * A new system-heap buffer of `size` bytes, written by this process through a CpuDevice
+ * (0x2a, first byte 0x11, last 0x22) and unmapped: its storage exists, as a producer's frame
+ * does once written.
+ */
+export async function filledBuffer(size: number, pageSize: number, name: string): Promise<DmaBuf> {
+  const buf = systemHeap.allocate(size, { name });
+  try {
+    const filler = await buf.attach(new CpuDevice(pageSize > 4096 ? { name: 'bench-exporter', pageSize } : { name: 'bench-exporter' }));
+    const sgt = await filler.map('bidirectional');
+    for (const s of sgt.segments) s.view!.fill(0x2a);
+    const segs = sgt.segments;
+    segs[0]!.view![0] = FIRST;
+    const last = segs[segs.length - 1]!.view!;
+    last[last.length - 1] = LAST;
+    await filler.unmap(sgt);
+    await filler.detach();
+  } catch (err) {
+    buf.put();
+    throw err;
+  }
+  return buf;
+}
+
+/** Resolves when `buf` is released (every holder everywhere put it), or rejects after `ms`. */
+function releaseOf(buf: DmaBuf, what: string, ms = 30_000): { promise: Promise<void>; cancel(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const promise = new Promise<void>((resolve, reject) => {
+    (buf as unknown as { [kOnRelease](fn: () => void): void })[kOnRelease](() => {
+      if (timer) clearTimeout(timer);
+      resolve();
+    });
+    timer = setTimeout(() => reject(new Error(`${what}: the buffer was not released ${ms} ms after the hand-off (a holder leaked?)`)), ms);
+    timer.unref();
+  });
+  return { promise, cancel: () => clearTimeout(timer) };
 }
 
 /** The bytes the copying baselines send, made once per size and shared by them. */
@@ -98,7 +146,8 @@ export class Payload {
   }
 }
 
-const nodeArgs = ['--no-warnings'];
+/** Options of every Node.js receiver; BENCH_NODE_ARGS adds some (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"). */
+const nodeArgs = ['--no-warnings', ...(process.env['BENCH_NODE_ARGS'] ?? '').split(' ').filter(Boolean)];
 
 // ---------------------------------------------------------------------------------------
 
@@ -145,16 +194,7 @@ export class DmabufMethod implements Method {
 
   async prepare(size: number): Promise<void> {
     await this.free();
-    const buf = systemHeap.allocate(size, { name: `bench-${size}` });
-    const filler = await buf.attach(new CpuDevice(this.pageSize > 4096 ? { name: 'bench-exporter', pageSize: this.pageSize } : { name: 'bench-exporter' }));
-    const sgt = await filler.map('bidirectional');
-    for (const s of sgt.segments) s.view!.fill(0x2a);
-    const segs = sgt.segments;
-    segs[0]!.view![0] = FIRST;
-    const last = segs[segs.length - 1]!.view!;
-    last[last.length - 1] = LAST;
-    await filler.unmap(sgt);
-    await filler.detach();
+    const buf = await filledBuffer(size, this.pageSize, `bench-${size}`);
     const info = systemHeap.storage(buf);
     if (info.pageSize !== this.pageSize) throw new Error(`dmabuf: storage has ${info.pageSize}-byte pages, wanted ${this.pageSize}`);
     this.#buf = buf;
@@ -216,6 +256,469 @@ export class DmabufMethod implements Method {
     this.#link?.close();
     this.#link = null;
     if (this.#child && this.#child.exitCode === null) await once(this.#child, 'exit');
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The one-message hand-off over a BufferChannel, and the bare BufferChannel hop, between the
+// same two processes (bench/receivers/channel.ts).
+
+/** The receiver process of the BufferChannel methods: two channels and a control socket. */
+export class ChannelHost {
+  handoffs: BufferChannel | null = null;
+  bare: BufferChannel | null = null;
+  #control: Packets | null = null;
+  #child: ChildProcess | null = null;
+  #starting: Promise<void> | null = null;
+  #users = 0;
+
+  /** Starts the child once, for every method that uses it. */
+  start(): Promise<void> {
+    this.#users++;
+    this.#starting ??= this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
+    const [h, hTheirs] = BufferChannel.pair();
+    const [b, bTheirs] = BufferChannel.pair();
+    const [ctl, ctlTheirs] = native.socketpair(native.constants.SOCK_SEQPACKET, false);
+    this.handoffs = h;
+    this.bare = b;
+    this.#child = track(spawn(process.execPath, [...nodeArgs, receiver('channel')], { stdio: ['ignore', 'inherit', 'inherit', hTheirs, bTheirs, ctlTheirs] }));
+    for (const fd of [hTheirs, bTheirs, ctlTheirs]) native.close(fd);
+    this.#control = new Packets(ctl);
+    this.#control.listen();
+    const hello = await this.reply('BufferChannel receiver');
+    if (!hello.ready) throw new Error('BufferChannel receiver did not start');
+  }
+
+  get pid(): number {
+    return this.#child!.pid!;
+  }
+
+  /** The receiver's next answer (an ack, or stats). */
+  async reply(what: string): Promise<Msg> {
+    const r = await unlessExits(this.#child!, what, this.#control!.next());
+    if (r.msg.op === 'eof') throw new Error(`${what}: the receiver exited`);
+    if (!r.msg.ok) throw new Error(`${what}: ${String(r.msg.error)}`);
+    return r.msg;
+  }
+
+  /** The receiver's CPU time so far (ns, its whole process) and garbage collections. */
+  async stats(): Promise<{ cpuNs: number; gc: { count: number; major: number; ms: number } }> {
+    const answer = this.reply('BufferChannel receiver');
+    this.#control!.send({ op: 'stats' });
+    return (await answer) as unknown as { cpuNs: number; gc: { count: number; major: number; ms: number } };
+  }
+
+  async close(): Promise<void> {
+    if (--this.#users > 0 || !this.#child) return;
+    this.handoffs?.close();
+    this.bare?.close();
+    this.#control?.close();
+    if (this.#child.exitCode === null && this.#child.signalCode === null) await once(this.#child, 'exit');
+    this.#child = null;
+  }
+}
+
+/**
+ * Requests and notifications the exporter (this thread) ran, on every channel: a costs pass
+ * runs one method alone, so they are that method's.
+ */
+function exporterTraffic(): { requests: number; notifications: number } {
+  let requests = 0;
+  let notifications = 0;
+  for (const c of serviceChannels()) {
+    requests += c.requests;
+    notifications += c.notifications;
+  }
+  return { requests, notifications };
+}
+
+/**
+ * A costs pass (CPU, GC) of `n` back-to-back hand-offs, with the receiver's stats around it;
+ * for a dmabuf method (`exporter`), also the requests and notifications the exporter ran.
+ */
+async function costsPass(n: number, once: () => Promise<Sample>, stats: () => Promise<{ cpuNs: number; gc: { count: number; major: number } }>, exporter = false): Promise<Costs> {
+  const x0 = exporter ? exporterTraffic() : undefined;
+  const s0 = await stats();
+  let sender = 0;
+  for (let i = 0; i < n; i++) sender += (await once()).cpu!['sender']!;
+  const s1 = await stats();
+  const x1 = exporter ? exporterTraffic() : undefined;
+  return {
+    n,
+    cpuSender: sender / n,
+    cpuReceiver: (s1.cpuNs - s0.cpuNs) / n,
+    gc: (s1.gc.count - s0.gc.count) / n,
+    gcMajor: (s1.gc.major - s0.gc.major) / n,
+    ...(x0 && x1 ? { exporterRequests: (x1.requests - x0.requests) / n, exporterNotifications: (x1.notifications - x0.notifications) / n } : {}),
+  };
+}
+
+/** A strace pass of `n` hand-offs: calls of process `pid` (all threads, and thread `tid`) per hand-off. */
+async function syscallPass(n: number, pid: number, tid: number, once: () => Promise<Sample>, allThreads: boolean): Promise<Partial<Costs>> {
+  const count = await traceSyscalls(pid, async () => {
+    for (let i = 0; i < n; i++) await once();
+  });
+  const main = count.byThread.get(tid);
+  return {
+    syscallsN: n,
+    syscalls: (allThreads ? count.total : main?.total ?? 0) / n,
+    syscallsMain: (main?.total ?? 0) / n,
+    syscallsByName: perHandoffByName(main?.byName, n),
+  };
+}
+
+/**
+ * A one-message hand-off: for each hand-off the exporter (this thread) allocates a new buffer
+ * and writes it (before t0), sends it and puts its reference; the receiver maps it with the
+ * message (`{ map }`), reads the first and last byte, unmaps, detaches, puts and acks with
+ * `{ first, last, stale, tMapped, tRead, tDone }` (`stale`: the view's byteLength after unmap,
+ * which must be 0). The sender's CPU is counted from t0 until it has
+ * the ack and has run the receiver's unmap and detach; it puts its reference after that, and
+ * waits for the release (which frees the storage) before the next hand-off.
+ */
+abstract class OneMessageMethod implements Method {
+  abstract readonly name: string;
+  #size = 0;
+
+  abstract start(): Promise<void>;
+  abstract close(): Promise<void>;
+  abstract costs(n: number, read: ReadMode): Promise<Costs>;
+  abstract syscalls(n: number, read: ReadMode): Promise<Partial<Costs>>;
+  /** Waits for the receiver's next answer (called before t0). */
+  protected abstract ack(): Promise<Record<string, unknown>>;
+  /** Sends the buffer (resolves once it left). */
+  protected abstract send(buf: DmaBuf, read: ReadMode): Promise<void>;
+  /** This side's CPU time so far (ns). */
+  protected abstract cpuNow(): number;
+
+  async prepare(size: number): Promise<void> {
+    this.#size = size;
+  }
+
+  async once(read: ReadMode): Promise<Sample> {
+    const buf = await filledBuffer(this.#size, 4096, `bench-${this.name}-${this.#size}`);
+    const released = releaseOf(buf, this.name);
+    const acked = this.ack();
+    const cpu0 = this.cpuNow();
+    const t0 = now();
+    let r: Record<string, unknown>;
+    let tSent: bigint;
+    let tAck: bigint;
+    let cpu: number;
+    try {
+      await this.send(buf, read);
+      tSent = now();
+      r = await acked;
+      tAck = now();
+      // The exporter's part ends when it has run the receiver's unmap and detach (sent before
+      // the ack, on the route's channel): poll for it, gently (the poll's CPU is counted).
+      for (let i = 0; buf.mapCount > 0 || buf.attachments.length > 0; i++) {
+        if (i > 30_000) throw new Error(`${this.name}: the receiver's unmap and detach did not reach the exporter`);
+        await new Promise((resolve) => setTimeout(resolve, 0));
+      }
+      cpu = this.cpuNow() - cpu0;
+    } finally {
+      // The producer's reference, put after the measured span: the release that follows
+      // frees the storage (milliseconds for large buffers), which is not the hand-off's cost.
+      buf.put();
+    }
+    await released.promise;
+    check(this.name, r.first, r.last);
+    if (r.stale !== 0) throw new Error(`${this.name}: after unmap the receiver's view still has ${String(r.stale)} bytes (unmap must detach every view)`);
+    const t = (k: string): bigint => BigInt(r[k] as string | bigint);
+    return {
+      oneWayNs: Number(t('tRead') - t0),
+      roundTripNs: Number(tAck - t0),
+      steps: {
+        send: Number(tSent - t0),
+        'sent..mapped': Number(t('tMapped') - tSent),
+        read: Number(t('tRead') - t('tMapped')),
+        cleanup: Number(t('tDone') - t('tRead')),
+        ack: Number(tAck - t('tDone')),
+      },
+      cpu: { sender: cpu },
+    };
+  }
+
+  async free(): Promise<void> {}
+}
+
+/**
+ * dmabuf over a BufferChannel: `channel.send(buf)`; the receiver's
+ * `channel.receive({ map: { device: cpu, direction: 'to-device' } })`.
+ */
+export class DmabufChannelMethod extends OneMessageMethod {
+  readonly name = 'dmabuf-channel';
+
+  constructor(readonly host: ChannelHost) {
+    super();
+  }
+
+  start(): Promise<void> {
+    return this.host.start();
+  }
+
+  protected ack(): Promise<Record<string, unknown>> {
+    return this.host.reply(this.name);
+  }
+
+  protected send(buf: DmaBuf, read: ReadMode): Promise<void> {
+    return this.host.handoffs!.send(buf, { read });
+  }
+
+  protected cpuNow(): number {
+    return processCpuNs();
+  }
+
+  costs(n: number, read: ReadMode): Promise<Costs> {
+    return costsPass(n, () => this.once(read), () => this.host.stats(), true);
+  }
+
+  syscalls(n: number, read: ReadMode): Promise<Partial<Costs>> {
+    return syscallPass(n, this.host.pid, this.host.pid, () => this.once(read), true);
+  }
+
+  close(): Promise<void> {
+    return this.host.close();
+  }
+}
+
+/**
+ * The bare BufferChannel hop between the same two processes: `channel.sendFd()` of a small
+ * descriptor (/dev/null) with the same metadata; the receiver's `receiveFd()`, a close, and
+ * the same ack.
+ */
+export class ChannelBareMethod implements Method {
+  readonly name: string;
+  /** The bare hop after the exporter wrote a new buffer of the size (see {@link afterFreshWrite}). */
+  readonly afterWrite: boolean;
+  costs?: (n: number, read: ReadMode) => Promise<Costs>;
+  syscalls?: (n: number, read: ReadMode) => Promise<Partial<Costs>>;
+  #fd = -1;
+  #size = 0;
+
+  constructor(readonly host: ChannelHost, options: { afterWrite?: boolean } = {}) {
+    this.afterWrite = options.afterWrite ?? false;
+    this.name = this.afterWrite ? 'BufferChannel bare hop, after a fresh write' : 'BufferChannel bare hop';
+    if (!this.afterWrite) {
+      this.costs = (n, read) => costsPass(n, () => this.once(read), () => this.host.stats());
+      this.syscalls = (n, read) => syscallPass(n, this.host.pid, this.host.pid, () => this.once(read), true);
+    }
+  }
+
+  async start(): Promise<void> {
+    await this.host.start();
+    this.#fd = openSync('/dev/null', 'r');
+  }
+
+  async prepare(size: number): Promise<void> {
+    this.#size = size;
+  }
+
+  once(read: ReadMode): Promise<Sample> {
+    return afterFreshWrite(this.afterWrite ? this.#size : 0, this.name, async () => {
+      const acked = this.host.reply(this.name);
+      const cpu0 = processCpuNs();
+      const t0 = now();
+      await this.host.bare!.sendFd(this.#fd, { read });
+      const r = await acked;
+      const tAck = now();
+      const cpu = processCpuNs() - cpu0;
+      return { oneWayNs: Number(BigInt(r.tRead as string) - t0), roundTripNs: Number(tAck - t0), cpu: { sender: cpu } };
+    });
+  }
+
+  async free(): Promise<void> {}
+
+  async close(): Promise<void> {
+    if (this.#fd >= 0) closeSync(this.#fd);
+    this.#fd = -1;
+    await this.host.close();
+  }
+}
+
+/**
+ * Runs a bare hop `hop` the way a one-message hand-off runs: when `size` is not 0, right after
+ * this thread allocated and wrote a new buffer of `size` bytes (which is not sent, and is put
+ * and released after the hop). On this machine (a PVM guest: shadow page tables) everything
+ * both processes do right after one of them wrote tens of MiB of new pages is several times
+ * slower; this baseline has the same precondition as dmabuf-channel and dmabuf-worker.
+ */
+async function afterFreshWrite(size: number, what: string, hop: () => Promise<Sample>): Promise<Sample> {
+  if (size === 0) return hop();
+  const buf = await filledBuffer(size, 4096, `bench-write-${size}`);
+  const released = releaseOf(buf, what);
+  try {
+    return await hop();
+  } finally {
+    buf.put();
+    await released.promise;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The one-message hand-off to a worker thread, and its baselines, in one worker
+// (bench/receivers/dmabuf-worker.ts).
+
+/** The worker thread of the dmabuf worker methods. */
+export class WorkerHost {
+  worker: Worker | null = null;
+  /** The worker's kernel thread id (for strace). */
+  tid = 0;
+  #starting: Promise<void> | null = null;
+  #users = 0;
+
+  start(): Promise<void> {
+    this.#users++;
+    this.#starting ??= (async () => {
+      this.worker = new Worker(receiver('dmabuf-worker'));
+      await once(this.worker, 'message');
+      this.tid = (await this.stats()).tid;
+    })();
+    return this.#starting;
+  }
+
+  /** The worker's next answer. */
+  async reply(what: string): Promise<Record<string, unknown>> {
+    const [m] = (await once(this.worker!, 'message')) as [Record<string, unknown>];
+    if (m.error) throw new Error(`${what}: ${String(m.error)}`);
+    return m;
+  }
+
+  /** The worker thread's CPU time so far (ns) and garbage collections. */
+  async stats(): Promise<{ cpuNs: number; gc: { count: number; major: number; ms: number }; tid: number }> {
+    const answer = this.reply('worker');
+    this.worker!.postMessage({ kind: 'stats' });
+    return (await answer) as unknown as { cpuNs: number; gc: { count: number; major: number; ms: number }; tid: number };
+  }
+
+  async close(): Promise<void> {
+    if (--this.#users > 0 || !this.worker) return;
+    await this.worker.terminate();
+    this.worker = null;
+  }
+}
+
+/**
+ * dmabuf to a worker thread: `postBuffer(worker, buf)`; in the worker
+ * `receiveBuffer(m, { map })`, and a small postMessage back.
+ */
+export class WorkerDmabufMethod extends OneMessageMethod {
+  readonly name = 'dmabuf-worker';
+
+  constructor(readonly host: WorkerHost) {
+    super();
+  }
+
+  start(): Promise<void> {
+    return this.host.start();
+  }
+
+  protected ack(): Promise<Record<string, unknown>> {
+    return this.host.reply(this.name);
+  }
+
+  protected send(buf: DmaBuf): Promise<void> {
+    return postBuffer(this.host.worker!, buf);
+  }
+
+  protected cpuNow(): number {
+    return threadCpuNs();
+  }
+
+  costs(n: number, read: ReadMode): Promise<Costs> {
+    return costsPass(n, () => this.once(read), () => this.host.stats(), true);
+  }
+
+  syscalls(n: number, read: ReadMode): Promise<Partial<Costs>> {
+    return syscallPass(n, process.pid, this.host.tid, () => this.once(read), false);
+  }
+
+  close(): Promise<void> {
+    return this.host.close();
+  }
+}
+
+/** The bare postMessage of a small object to the same worker, and its small answer. */
+export class WorkerSmallMethod implements Method {
+  readonly name: string;
+  /** The postMessage after this thread wrote a new buffer of the size (see {@link afterFreshWrite}). */
+  readonly afterWrite: boolean;
+  costs?: (n: number, read: ReadMode) => Promise<Costs>;
+  syscalls?: (n: number, read: ReadMode) => Promise<Partial<Costs>>;
+  #size = 0;
+
+  constructor(readonly host: WorkerHost, options: { afterWrite?: boolean } = {}) {
+    this.afterWrite = options.afterWrite ?? false;
+    this.name = this.afterWrite ? 'worker postMessage (small object), after a fresh write' : 'worker postMessage (small object)';
+    if (!this.afterWrite) {
+      this.costs = (n, read) => costsPass(n, () => this.once(read), () => this.host.stats());
+      this.syscalls = (n, read) => syscallPass(n, process.pid, this.host.tid, () => this.once(read), false);
+    }
+  }
+
+  start(): Promise<void> {
+    return this.host.start();
+  }
+
+  async prepare(size: number): Promise<void> {
+    this.#size = size;
+  }
+
+  once(read: ReadMode): Promise<Sample> {
+    return afterFreshWrite(this.afterWrite ? this.#size : 0, this.name, async () => {
+      const acked = this.host.reply(this.name);
+      const cpu0 = threadCpuNs();
+      const t0 = now();
+      this.host.worker!.postMessage({ kind: 'small', read });
+      const r = await acked;
+      const tAck = now();
+      const cpu = threadCpuNs() - cpu0;
+      return { oneWayNs: Number((r.tRead as bigint) - t0), roundTripNs: Number(tAck - t0), cpu: { sender: cpu } };
+    });
+  }
+
+  async free(): Promise<void> {}
+
+  close(): Promise<void> {
+    return this.host.close();
+  }
+}
+
+/** A worker postMessage of a Uint8Array (a copy), to the same worker as dmabuf-worker. */
+export class WorkerHostCopyMethod implements Method {
+  readonly name = 'worker postMessage (copy)';
+  #payload: Payload | null = null;
+
+  constructor(readonly host: WorkerHost) {}
+
+  start(): Promise<void> {
+    return this.host.start();
+  }
+
+  async prepare(_size: number, payload: Payload): Promise<void> {
+    this.#payload = payload;
+    void payload.bytes;
+  }
+
+  async once(_read: ReadMode): Promise<Sample> {
+    const acked = this.host.reply(this.name);
+    const t0 = now();
+    this.host.worker!.postMessage({ kind: 'bytes', data: this.#payload!.bytes });
+    const r = await acked;
+    return copySample(this.name, t0, r as unknown as CopyReply);
+  }
+
+  async free(): Promise<void> {
+    this.#payload = null;
+  }
+
+  close(): Promise<void> {
+    return this.host.close();
   }
 }
 
@@ -290,6 +793,34 @@ export class FloorMethod implements Method {
     const r = await this.#command(`handoff ${read === 'all' ? 1 : 0}`);
     check(this.name, r.first, r.last);
     return { oneWayNs: r.oneWayNs as number, roundTripNs: r.roundTripNs as number, receiverNs: r.receiverNs as number, steps: { send: r.recvNs as number } };
+  }
+
+  /** The floor's receiving process (the child floor.c forks). */
+  #receiverPid(): number {
+    const pid = this.#child!.pid!;
+    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    if (kids.length !== 1) throw new Error(`C floor: expected one receiving child, found ${kids.length}`);
+    return Number(kids[0]);
+  }
+
+  /** CPU: each side's /proc/PID/schedstat (both single-threaded), over `n` hand-offs. */
+  async costs(n: number, read: ReadMode): Promise<Costs> {
+    const cpuOf = (pid: number): number => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]);
+    const rpid = this.#receiverPid();
+    const spid = this.#child!.pid!;
+    const r0 = cpuOf(rpid);
+    const s0 = cpuOf(spid);
+    for (let i = 0; i < n; i++) await this.once(read);
+    return { n, cpuReceiver: (cpuOf(rpid) - r0) / n, cpuSender: (cpuOf(spid) - s0) / n };
+  }
+
+  async syscalls(n: number, read: ReadMode): Promise<Partial<Costs>> {
+    const rpid = this.#receiverPid();
+    const count = await traceSyscalls(rpid, async () => {
+      for (let i = 0; i < n; i++) await this.once(read);
+    });
+    const main = count.byThread.get(rpid);
+    return { syscallsN: n, syscalls: count.total / n, syscallsMain: (main?.total ?? 0) / n, syscallsByName: perHandoffByName(main?.byName, n) };
   }
 
   async free(): Promise<void> {

@@ -116,7 +116,7 @@ async function fencedRing(ctx: Context, work: RingWork): Promise<Measured> {
 
 /** The pooled message ring at the same size: per-frame round trips and frames per second. */
 async function messageRing(ctx: Context, work: RingWork): Promise<Measured> {
-  const times = (await dmabufRing(ctx, ['loop'], work)).get('loop')!;
+  const times = (await dmabufRing(ctx, ['loop'], work)).frames.get('loop')!;
   const fps = times.length / (times.reduce((a, b) => a + b, 0) / 1e9);
   ctx.log(`  message ring (${work.full ? 'full' : 'ends'}): ${fps.toFixed(0)} frames/s`);
   return { times, fps };

@@ -8,10 +8,9 @@
  * - `{ op: 'hold' }`: imports, maps and touches every page, acks, and keeps the mapping until
  *   `{ op: 'drop' }` (the memory case).
  */
-import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
 import { CpuDevice, DmaBuf, type DmaBufAttachment, type SgTable } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
-import { Packets, readEnds, sumAll, touchPages, type Msg } from './wire.js';
+import { Packets, readEnds, sumAll, touchPages, type Msg, observeGc } from './wire.js';
 
 const link = new Packets(3);
 const devices = new Map<number, CpuDevice>();
@@ -20,14 +19,7 @@ let held: { buf: DmaBuf; att: DmaBufAttachment; sgt: SgTable } | null = null;
 // Garbage collections in this process (cumulative; the harness takes differences). V8 counts
 // the memory behind an external ArrayBuffer (a view of a mapping) as external memory, which
 // can start collections; this shows whether it does.
-const gc = { count: 0, major: 0, ms: 0 };
-new PerformanceObserver((list) => {
-  for (const e of list.getEntries()) {
-    gc.count++;
-    gc.ms += e.duration;
-    if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) gc.major++;
-  }
-}).observe({ entryTypes: ['gc'] });
+const gc = observeGc();
 
 function device(pageSize: number): CpuDevice {
   let d = devices.get(pageSize);

@@ -8,7 +8,8 @@
  * - `{ op: 'run', mode: 'sync' }`: a blocking loop in recvmsg (like Atomics.wait), until the
  *   slot 255 arrives; `mode: 'loop'`: the same on the event loop (uv_poll). With `full: true`
  *   it reads every byte of the slot and answers, twice, the byte they all hold (255 if they
- *   differ).
+ *   differ). A notification with bit 0x40 set is a bare hop: the answer echoes it and no
+ *   buffer is read.
  */
 import { CpuDevice } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
@@ -23,15 +24,22 @@ const answer = new Uint8Array(2);
 
 /** Whether the run reads every byte (`{ full: true }`): see {@link uniformByte}. */
 let full = false;
+/** A notification with this bit set is a bare hop: echo it twice, read no buffer. */
+const BARE = 0x40;
 
 /** Serves one notification; returns false at the stop byte. */
 function serve(data: Buffer): boolean {
   const slot = data[0]!;
   if (slot === STOP) return false;
-  const v = views[slot]!;
-  const [first, last] = full ? [uniformByte(v), uniformByte(v)] : readEnds(v);
-  answer[0] = first;
-  answer[1] = last;
+  if ((slot & BARE) !== 0) {
+    answer[0] = slot;
+    answer[1] = slot;
+  } else {
+    const v = views[slot]!;
+    const [first, last] = full ? [uniformByte(v), uniformByte(v)] : readEnds(v);
+    answer[0] = first;
+    answer[1] = last;
+  }
   native.sendmsg(NOTIFY, answer, [], 0);
   return true;
 }

@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { DmaBuf, type Device } from '../../src/index.js';
+import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
 import { native, type PollHandle } from '../../src/native/binding.js';
 
 /** Reads the first and last byte (what a "hand-off" ends with). */
@@ -214,4 +215,26 @@ export function watchPackets(fd: number, onPacket: (data: Buffer) => boolean | v
   });
   native.pollRef(poll, true);
   return stop;
+}
+
+/** Garbage collections of this thread so far (cumulative), counted by a PerformanceObserver. */
+export interface GcCount {
+  count: number;
+  /** Major ones (mark-compact or incremental marking). */
+  major: number;
+  /** Pause time, ms. */
+  ms: number;
+}
+
+/** Starts counting this thread's garbage collections into the returned object. */
+export function observeGc(): GcCount {
+  const gc: GcCount = { count: 0, major: 0, ms: 0 };
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gc.count++;
+      gc.ms += e.duration;
+      if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) gc.major++;
+    }
+  }).observe({ entryTypes: ['gc'] });
+  return gc;
 }

@@ -1,0 +1,88 @@
+/**
+ * The BufferChannel receiver: a long-lived child process with two BufferChannels from the
+ * harness and a control socket.
+ *
+ * - fd 3, hand-offs: `channel.receive({ map: { device: cpu, direction: 'to-device' } })`, read
+ *   the first and last byte (or every byte, `meta.read === 'all'`), then unmap, detach, put,
+ *   and ack on fd 5 with `{ first, last, tMapped, tRead, tDone }`.
+ * - fd 4, bare messages: `channel.receiveFd()` of a small descriptor, close it, ack on fd 5
+ *   with `{ tRead }`: the bare BufferChannel hop, between the same two processes.
+ * - fd 5, control (JSON packets, bench/receivers/wire.ts): the acks go out there; in,
+ *   `{ op: 'stats' }` (cumulative CPU time of this process and garbage collections) and
+ *   end-of-file (exit).
+ */
+import { BufferChannel, CpuDevice, DmaBufError } from '../../src/index.js';
+import { native } from '../../src/native/binding.js';
+import { Packets, sumAll, observeGc } from './wire.js';
+
+const handoffs = BufferChannel.fromFd(3);
+const bare = BufferChannel.fromFd(4);
+const control = new Packets(5);
+const cpu = new CpuDevice({ name: 'bench-channel-receiver' });
+const map = { device: cpu, direction: 'to-device' as const };
+
+const gc = observeGc();
+
+function ended(err: unknown): boolean {
+  return DmaBufError.is(err, 'EPIPE');
+}
+
+async function serveHandoffs(): Promise<void> {
+  for (;;) {
+    let got;
+    try {
+      got = await handoffs.receive({ map });
+    } catch (err) {
+      if (ended(err)) return;
+      control.send({ ok: false, error: String((err as Error)?.stack ?? err) });
+      continue;
+    }
+    try {
+      const tMapped = process.hrtime.bigint();
+      const { buffer, attachment, sgt, meta } = got;
+      const segs = sgt!.segments;
+      const first = segs[0]!.view![0]!;
+      const lastView = segs[segs.length - 1]!.view!;
+      const last = lastView[lastView.length - 1]!;
+      const sum = (meta as { read?: string } | undefined)?.read === 'all' && segs.length === 1 ? sumAll(segs[0]!.view!) : 0;
+      const tRead = process.hrtime.bigint();
+      await attachment!.unmap(sgt!);
+      // Unmap detaches every view: a stale one has byteLength 0 (the harness checks it).
+      const stale = segs[0]!.view!.byteLength;
+      await attachment!.detach();
+      buffer.put();
+      const tDone = process.hrtime.bigint();
+      control.send({ ok: true, first, last, sum, stale, nents: segs.length, tMapped, tRead, tDone });
+    } catch (err) {
+      control.send({ ok: false, error: String((err as Error)?.stack ?? err) });
+    }
+  }
+}
+
+async function serveBare(): Promise<void> {
+  for (;;) {
+    let fd: number;
+    try {
+      ({ fd } = await bare.receiveFd());
+    } catch (err) {
+      if (ended(err)) return;
+      control.send({ ok: false, error: String((err as Error)?.stack ?? err) });
+      continue;
+    }
+    const tRead = process.hrtime.bigint();
+    native.close(fd);
+    control.send({ ok: true, tRead });
+  }
+}
+
+control.listen((msg) => {
+  if (msg.op === 'stats') {
+    const u = process.cpuUsage();
+    control.send({ ok: true, cpuNs: (u.user + u.system) * 1e3, gc });
+  } else if (msg.op === 'eof') {
+    process.exit(0);
+  }
+});
+void serveHandoffs();
+void serveBare();
+control.send({ ok: true, ready: true, pid: process.pid });

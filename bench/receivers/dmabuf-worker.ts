@@ -1,0 +1,53 @@
+/**
+ * The worker-thread receiver of the dmabuf worker methods and their baselines, all in this
+ * one thread (so that they compare the same two threads). Messages:
+ *
+ * - a buffer message (`postBuffer`): `receiveBuffer(m, { map: { device: cpu, direction:
+ *   'to-device' } })`, read the first and last byte, unmap, detach, put, answer
+ *   `{ first, last, stale, tMapped, tRead, tDone }` (a small postMessage; `stale`: the view's
+ *   byteLength after unmap, 0 when unmap detached it).
+ * - `{ kind: 'small' }`: the bare postMessage of a small object; answers `{ tRead }`.
+ * - `{ kind: 'bytes', data }`: a copied Uint8Array; answers `{ first, last, tRead }`.
+ * - `{ kind: 'stats' }`: this thread's CPU time (ns, /proc/thread-self/schedstat), its garbage
+ *   collections, and its kernel thread id (for strace).
+ */
+import { parentPort } from 'node:worker_threads';
+import { CpuDevice, isBufferMessage, receiveBuffer } from '../../src/index.js';
+import { threadCpuNs, threadId } from '../costs.js';
+import { readEnds, observeGc } from './wire.js';
+
+const port = parentPort!;
+const map = { device: new CpuDevice({ name: 'bench-worker-receiver' }), direction: 'to-device' as const };
+
+const gc = observeGc();
+
+async function onBuffer(m: unknown): Promise<void> {
+  const { buffer, attachment, sgt } = await receiveBuffer(m, { map });
+  const tMapped = process.hrtime.bigint();
+  const segs = sgt!.segments;
+  const first = segs[0]!.view![0]!;
+  const lastView = segs[segs.length - 1]!.view!;
+  const last = lastView[lastView.length - 1]!;
+  const tRead = process.hrtime.bigint();
+  await attachment!.unmap(sgt!);
+  // Unmap detaches every view: a stale one has byteLength 0 (the harness checks it).
+  const stale = segs[0]!.view!.byteLength;
+  await attachment!.detach();
+  buffer.put();
+  const tDone = process.hrtime.bigint();
+  port.postMessage({ first, last, stale, tMapped, tRead, tDone });
+}
+
+port.on('message', (m: { kind?: string; data?: Uint8Array }) => {
+  if (isBufferMessage(m)) {
+    onBuffer(m).catch((err: unknown) => port.postMessage({ error: String((err as Error)?.stack ?? err) }));
+  } else if (m.kind === 'small') {
+    port.postMessage({ tRead: process.hrtime.bigint() });
+  } else if (m.kind === 'bytes') {
+    const [first, last] = readEnds(m.data!);
+    port.postMessage({ first, last, tRead: process.hrtime.bigint() });
+  } else if (m.kind === 'stats') {
+    port.postMessage({ cpuNs: threadCpuNs(), gc: { ...gc }, tid: threadId() });
+  }
+});
+port.postMessage({ ready: true });
