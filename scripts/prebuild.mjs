@@ -128,7 +128,14 @@ if (/"target_name"\s*:\s*"dmabuf_views"/.test(gypText)) {
       const { version } = JSON.parse(readFileSync(path.join(headers, 'package.json'), 'utf8'));
       const abi = /#define NODE_MODULE_VERSION (\d+)/.exec(readFileSync(path.join(headers, 'include', 'node', 'node_version.h'), 'utf8'))?.[1];
       if (!abi) fail(`no NODE_MODULE_VERSION in the headers of ${pkg}`);
-      run(process.execPath, [gyp, 'rebuild', `--nodedir=${headers}`, `--target=${version}`, `--arch=${t.arch}`], t.env);
+      // npm_config_nodedir (npm may be set to the local headers) would win over --nodedir and
+      // build every ABI against this Node's headers: point it at this version's too.
+      run(process.execPath, [gyp, 'rebuild', `--nodedir=${headers}`, `--target=${version}`, `--arch=${t.arch}`], { ...t.env, npm_config_nodedir: headers });
+      if (t.arch === process.arch) {
+        // It says which ABI it was built for, even to a Node of another ABI: check it is this one.
+        const probe = spawnSync(process.execPath, ['-p', `require(${JSON.stringify(path.join(root, 'build', 'Release', 'dmabuf_views.node'))}).moduleVersion`], { encoding: 'utf8' });
+        if (probe.stdout.trim() !== abi) fail(`the views addon for Node ${major} was built for ABI ${probe.stdout.trim() || '?'}, not ${abi}`);
+      }
       const out = path.join(prebuilds, `linux-${t.arch}`, 'views');
       mkdirSync(out, { recursive: true });
       const file = path.join(out, `dmabuf_views.abi${abi}.glibc.node`);

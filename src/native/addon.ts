@@ -55,10 +55,24 @@ function libc(): string {
  * `prebuilds/<platform>-<arch>/views/dmabuf_views.abi<ABI>.<libc>.node`.
  */
 export function viewsAddonPath(root = packageRoot): string | null {
+  return viewsAddonPaths(root)[0] ?? null;
+}
+
+/**
+ * Every views addon file that may fit, best first: the build from source (which may be for
+ * another Node ABI, when this checkout was built by another Node), then the prebuilt one for
+ * this Node ABI. The loader takes the first that accepts this Node.
+ */
+export function viewsAddonPaths(root = packageRoot): string[] {
+  const out: string[] = [];
   for (const dir of ['Release', 'Debug']) {
     const built = path.join(root, 'build', dir, 'dmabuf_views.node');
-    if (existsSync(built)) return built;
+    if (existsSync(built)) {
+      out.push(built);
+      break;
+    }
   }
   const file = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'views', `dmabuf_views.abi${process.versions.modules}.${libc()}.node`);
-  return existsSync(file) ? file : null;
+  if (existsSync(file)) out.push(file);
+  return out;
 }

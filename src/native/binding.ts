@@ -21,7 +21,7 @@
 import { createRequire } from 'node:module';
 import { markAsUntransferable } from 'node:worker_threads';
 import { DmaBufError } from '../core/errors.js';
-import { addonPath, viewsAddonPath } from './addon.js';
+import { addonPath, viewsAddonPaths } from './addon.js';
 import type { KernelBinding } from './kernel-binding.js';
 
 /** An mmap'ed region owned by the addon. Opaque. */
@@ -275,21 +275,29 @@ interface ViewsAddon { factory?: object; moduleVersion?: number; reason?: string
  */
 function useUncountedViews(b: NativeBinding): string {
   if (process.env['DMABUF_COUNTED_VIEWS'] === '1') return 'DMABUF_COUNTED_VIEWS=1 is set';
-  const file = viewsAddonPath();
-  if (file === null) return `no dmabuf_views.node for this platform and Node ABI ${process.versions.modules}`;
-  let views: ViewsAddon;
-  try {
-    views = createRequire(import.meta.url)(file) as ViewsAddon;
-  } catch (err) {
-    return `dmabuf_views.node did not load (${firstLine(err)})`;
+  const files = viewsAddonPaths();
+  if (files.length === 0) return `no dmabuf_views.node for this platform and Node ABI ${process.versions.modules}`;
+  const reasons: string[] = [];
+  for (const file of files) {
+    let views: ViewsAddon;
+    try {
+      views = createRequire(import.meta.url)(file) as ViewsAddon;
+    } catch (err) {
+      reasons.push(`dmabuf_views.node did not load (${firstLine(err)})`);
+      continue;
+    }
+    if (!views.factory) {
+      reasons.push(views.reason || 'dmabuf_views.node offers no view factory');
+      continue;
+    }
+    try {
+      b.setViewFactory(views.factory);
+      return '';
+    } catch (err) {
+      reasons.push(`dmabuf_views.node's factory was refused (${firstLine(err)})`);
+    }
   }
-  if (!views.factory) return views.reason || 'dmabuf_views.node offers no view factory';
-  try {
-    b.setViewFactory(views.factory);
-  } catch (err) {
-    return `dmabuf_views.node's factory was refused (${firstLine(err)})`;
-  }
-  return '';
+  return reasons.join('; ');
 }
 
 const loaded = load();
