@@ -300,6 +300,9 @@ function useUncountedViews(b: NativeBinding): string {
   return reasons.join('; ');
 }
 
+/** Whether `markAsUntransferable` leaves a buffer detachable by Node-API (Node 22 and before). */
+const MARKING_KEEPS_DETACH = Number(process.versions.node.split('.')[0]) <= 22;
+
 const loaded = load();
 const viewsReason = loaded.binding ? useUncountedViews(loaded.binding) : loaded.reason;
 
@@ -335,13 +338,17 @@ function wrapAll(b: NativeBinding): NativeBinding {
   }
   // Node marks its own external buffers untransferable; do the same for every view, so that
   // postMessage never moves mapped memory into another thread, which the mapping's owner
-  // does not see.
-  const mappingView = out['mappingView'] as NativeBinding['mappingView'];
-  out['mappingView'] = (handle: MappingHandle, offset: number, length: number): ArrayBuffer => {
-    const view = mappingView(handle, offset, length);
-    markAsUntransferable(view);
-    return view;
-  };
+  // does not see. From Node 23 on, marking gives the buffer a detach key, and Node-API's
+  // detach (which has no key) then aborts the process: there the views stay unmarked, and a
+  // transfer is handled by the addon (the memory stays mapped while the new buffer lives).
+  if (MARKING_KEEPS_DETACH) {
+    const mappingView = out['mappingView'] as NativeBinding['mappingView'];
+    out['mappingView'] = (handle: MappingHandle, offset: number, length: number): ArrayBuffer => {
+      const view = mappingView(handle, offset, length);
+      markAsUntransferable(view);
+      return view;
+    };
+  }
   return out as unknown as NativeBinding;
 }
 
