@@ -64,8 +64,9 @@ test('the kernel suite passes inside a VM running Linux 6.12 (udmabuf, dma-heaps
   const started = Date.now();
   const r = await run([
     '-b', process.execPath, '-s', `${ROOT}:${ROOT}:ro`, '-C', ROOT, '-M', 'vivid', '-t', '540',
-    // The files, not the folder: Node 22 and later take no directory after --test.
-    '--', process.execPath, '--test', '--test-concurrency=1', '--test-timeout=300000', ...guestFiles(),
+    // The files, not the folder: Node 22 and later take no directory after --test; TAP, which
+    // the counts below read (Node 23 and later default to the spec reporter).
+    '--', process.execPath, '--test', '--test-reporter=tap', '--test-concurrency=1', '--test-timeout=300000', ...guestFiles(),
   ], 10 * 60_000);
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
   const count = (name: string): number => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(r.stdout)?.[1] ?? NaN);
