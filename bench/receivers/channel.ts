@@ -13,7 +13,7 @@
  */
 import { BufferChannel, CpuDevice, DmaBufError } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
-import { Packets, sumAll, observeGc } from './wire.js';
+import { Packets, observeGc, readAndRelease } from './wire.js';
 
 const handoffs = BufferChannel.fromFd(3);
 const bare = BufferChannel.fromFd(4);
@@ -39,20 +39,8 @@ async function serveHandoffs(): Promise<void> {
     }
     try {
       const tMapped = process.hrtime.bigint();
-      const { buffer, attachment, sgt, meta } = got;
-      const segs = sgt!.segments;
-      const first = segs[0]!.view![0]!;
-      const lastView = segs[segs.length - 1]!.view!;
-      const last = lastView[lastView.length - 1]!;
-      const sum = (meta as { read?: string } | undefined)?.read === 'all' && segs.length === 1 ? sumAll(segs[0]!.view!) : 0;
-      const tRead = process.hrtime.bigint();
-      await attachment!.unmap(sgt!);
-      // Unmap detaches every view: a stale one has byteLength 0 (the harness checks it).
-      const stale = segs[0]!.view!.byteLength;
-      await attachment!.detach();
-      buffer.put();
-      const tDone = process.hrtime.bigint();
-      control.send({ ok: true, first, last, sum, stale, nents: segs.length, tMapped, tRead, tDone });
+      const r = await readAndRelease(got, (got.meta as { read?: string } | undefined)?.read === 'all');
+      control.send({ ok: true, ...r, tMapped });
     } catch (err) {
       control.send({ ok: false, error: String((err as Error)?.stack ?? err) });
     }

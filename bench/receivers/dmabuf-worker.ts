@@ -14,7 +14,7 @@
 import { parentPort } from 'node:worker_threads';
 import { CpuDevice, isBufferMessage, receiveBuffer } from '../../src/index.js';
 import { threadCpuNs, threadId } from '../costs.js';
-import { readEnds, observeGc } from './wire.js';
+import { readEnds, observeGc, readAndRelease } from './wire.js';
 
 const port = parentPort!;
 const map = { device: new CpuDevice({ name: 'bench-worker-receiver' }), direction: 'to-device' as const };
@@ -22,19 +22,9 @@ const map = { device: new CpuDevice({ name: 'bench-worker-receiver' }), directio
 const gc = observeGc();
 
 async function onBuffer(m: unknown): Promise<void> {
-  const { buffer, attachment, sgt } = await receiveBuffer(m, { map });
+  const got = await receiveBuffer(m, { map });
   const tMapped = process.hrtime.bigint();
-  const segs = sgt!.segments;
-  const first = segs[0]!.view![0]!;
-  const lastView = segs[segs.length - 1]!.view!;
-  const last = lastView[lastView.length - 1]!;
-  const tRead = process.hrtime.bigint();
-  await attachment!.unmap(sgt!);
-  // Unmap detaches every view: a stale one has byteLength 0 (the harness checks it).
-  const stale = segs[0]!.view!.byteLength;
-  await attachment!.detach();
-  buffer.put();
-  const tDone = process.hrtime.bigint();
+  const { first, last, stale, tRead, tDone } = await readAndRelease(got);
   port.postMessage({ first, last, stale, tMapped, tRead, tDone });
 }
 

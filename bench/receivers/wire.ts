@@ -238,3 +238,35 @@ export function observeGc(): GcCount {
   }).observe({ entryTypes: ['gc'] });
   return gc;
 }
+
+/** What a receiver of a mapped hand-off measured and read, then released. */
+export interface ReadAndReleased {
+  first: number;
+  last: number;
+  /** The sum of every byte (`sum: true`, one-segment tables), else 0. */
+  sum: number;
+  /** A view's byteLength after the unmap: 0 when unmap detached it. */
+  stale: number;
+  nents: number;
+  tRead: bigint;
+  tDone: bigint;
+}
+
+/**
+ * The end of a mapped hand-off in a receiver: reads the first and last byte (and every byte
+ * with `sum`), then unmaps, detaches and puts, timing the read and the release.
+ */
+export async function readAndRelease(got: { buffer: DmaBuf; attachment?: { unmap(t: unknown): Promise<void>; detach(): Promise<void> } | undefined; sgt?: { segments: readonly { view?: Uint8Array }[] } | undefined }, sum = false): Promise<ReadAndReleased> {
+  const segs = got.sgt!.segments;
+  const first = segs[0]!.view![0]!;
+  const lastView = segs[segs.length - 1]!.view!;
+  const last = lastView[lastView.length - 1]!;
+  const total = sum && segs.length === 1 ? sumAll(segs[0]!.view!) : 0;
+  const tRead = process.hrtime.bigint();
+  await got.attachment!.unmap(got.sgt!);
+  // Unmap detaches every view: a stale one has byteLength 0 (the harness checks it).
+  const stale = segs[0]!.view!.byteLength;
+  await got.attachment!.detach();
+  got.buffer.put();
+  return { first, last, sum: total, stale, nents: segs.length, tRead, tDone: process.hrtime.bigint() };
+}

@@ -588,6 +588,8 @@ export interface HandoffDelivery {
   readonly fds: readonly number[];
   /** The sender's process when the transport knows it (0 when it does not). */
   readonly senderPid: number;
+  /** The file's `dev:ino` when the transport already read it (saves an `fstat`). */
+  readonly key?: string;
 }
 
 /** The attach and map a receiver wants with the buffer. */
@@ -685,7 +687,7 @@ export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffM
     buffer = await DmaBuf.get(d.file, getOptions);
   } else {
     const { w, channel, pre } = offer;
-    const key = fileKey(d.file);
+    const key = d.key ?? fileKey(d.file);
     for (let pending = inFlight.get(key); pending; pending = inFlight.get(key)) await pending.catch(() => {});
     const existing = lookupLive(key);
     if (existing) {

@@ -161,7 +161,7 @@ export function receiveBufferFd(message: unknown): { fd: number; meta: unknown }
   return { fd, meta };
 }
 
-function takeMessage(message: unknown): { fd: number; meta: unknown; handoff?: { body: Record<string, unknown>; fds: number[] } } {
+function takeMessage(message: unknown): { fd: number; key: string; meta: unknown; handoff?: { body: Record<string, unknown>; fds: number[] } } {
   const op = 'receiveBuffer';
   if (!isBufferMessage(message)) {
     throw new DmaBufError('EINVAL', `${op}: not a buffer message (make one with postBuffer())`, { op });
@@ -188,7 +188,7 @@ function takeMessage(message: unknown): { fd: number; meta: unknown; handoff?: {
   message.fd = -1;
   const handoff = message.handoff;
   message.handoff = undefined;
-  return { fd, meta: message.meta, ...(handoff ? { handoff } : {}) };
+  return { fd, key, meta: message.meta, ...(handoff ? { handoff } : {}) };
 }
 
 /**
@@ -207,9 +207,9 @@ function takeMessage(message: unknown): { fd: number; meta: unknown; handoff?: {
  * ```
  */
 export async function receiveBuffer(message: unknown, options: ReceiveBufferOptions = {}): Promise<AdoptedHandoff & { meta: unknown }> {
-  const { fd, meta, handoff } = takeMessage(message);
+  const { fd, key, meta, handoff } = takeMessage(message);
   try {
-    const got = await adoptHandoff({ file: fd, body: handoff?.body ?? null, fds: handoff?.fds ?? [], senderPid: process.pid }, { map: options.map });
+    const got = await adoptHandoff({ file: fd, key, body: handoff?.body ?? null, fds: handoff?.fds ?? [], senderPid: process.pid }, { map: options.map });
     return { ...got, meta };
   } finally {
     try {
