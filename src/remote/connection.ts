@@ -9,7 +9,7 @@
  */
 import { native, own, closeOwned, type PollHandle } from '../native/binding.js';
 import { DmaBufError } from '../core/errors.js';
-import { MAX_MESSAGE, MsgType, decode, encode, typeName, type Message, type MsgTypeValue } from './protocol.js';
+import { MAX_BATCH, MAX_MESSAGE, MsgType, decode, encode, typeName, type Message, type MsgTypeValue } from './protocol.js';
 
 /** Most descriptors one message may carry; extra ones are closed on receipt. */
 export const MAX_FDS_PER_MESSAGE = 4;
@@ -79,6 +79,9 @@ export class Connection {
   #closeReason: DmaBufError | null = null;
   /** Messages rejected as malformed (for tests and introspection). */
   badMessages = 0;
+  /** Notifications not sent yet (see {@link notify}), and the turn of the loop that sends them. */
+  #notes: [MsgTypeValue, Record<string, unknown>][] = [];
+  #notesTimer: NodeJS.Immediate | null = null;
 
   /** Takes ownership of `fd`, a connected SEQPACKET socket of this process only. */
   constructor(fd: number, handlers: ConnectionHandlers) {
@@ -118,13 +121,70 @@ export class Connection {
    */
   send(type: MsgTypeValue, id: number, body: Record<string, unknown> = {}, fds: number[] = []): Promise<void> {
     if (this.#closed) return Promise.reject(this.#closeReason ?? peerGone('send'));
+    // Notifications made before this message leave before it.
+    if (this.#notes.length > 0) this.#flushNotes();
     // Never throws: every failure is a rejection. Callers chain `.catch()`, and an exception
     // thrown here from a poll callback (answering a bad message from a peer that already
     // closed, EPIPE) would be uncaught and end the process.
     let data: Buffer;
-    let queued: number[] = [];
     try {
       data = encode(type, id, body);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#sendData(data, fds);
+  }
+
+  /**
+   * Sends a notification (id 0, never answered) later in this turn of the event loop, in order
+   * with every other message: the notifications made in one turn (an unmap, a detach and a
+   * put, say) leave as one BATCH record, one system call and one wake-up of the peer. Never
+   * throws and never waits; nothing is sent once the connection is closed.
+   */
+  notify(type: MsgTypeValue, body: Record<string, unknown>): void {
+    if (this.#closed) return;
+    this.#notes.push([type, body]);
+    if (this.#notes.length >= MAX_BATCH) {
+      this.#flushNotes();
+    } else if (this.#notesTimer === null) {
+      // After the callbacks and promise jobs of this turn; unref'd, as the socket is.
+      this.#notesTimer = setImmediate(() => this.#flushNotes());
+      this.#notesTimer.unref();
+    }
+  }
+
+  /** Sends the pending notifications now, as one message (a BATCH when there are several). */
+  #flushNotes(): void {
+    if (this.#notesTimer !== null) {
+      clearImmediate(this.#notesTimer);
+      this.#notesTimer = null;
+    }
+    const notes = this.#notes;
+    if (notes.length === 0 || this.#closed) return;
+    this.#notes = [];
+    let data: Buffer;
+    try {
+      data = notes.length === 1 ? encode(notes[0]![0], 0, notes[0]![1]) : encode(MsgType.BATCH, 0, { messages: notes });
+    } catch {
+      // Cannot happen (a notification is small); never lose the others for it.
+      for (const [type, body] of notes) this.#sendEncoded(type, body);
+      return;
+    }
+    this.#sendData(data, []).catch(() => {});
+  }
+
+  #sendEncoded(type: MsgTypeValue, body: Record<string, unknown>): void {
+    try {
+      this.#sendData(encode(type, 0, body), []).catch(() => {});
+    } catch {
+      // dropped: too large to send
+    }
+  }
+
+  /** Sends an encoded message now or queues it (with copies of `fds`) behind the queue. */
+  #sendData(data: Buffer, fds: number[]): Promise<void> {
+    let queued: number[] = [];
+    try {
       if (this.#queue.length === 0 && this.#trySend(data, fds)) return Promise.resolve();
       if (this.#queue.length >= MAX_QUEUED_SENDS) {
         const err = new DmaBufError('EAGAIN', `send: the peer stopped reading (${MAX_QUEUED_SENDS} messages queued); closing the connection`, { op: 'send' });
@@ -218,6 +278,11 @@ export class Connection {
   /** Closes the connection (idempotent): pending requests and sends fail with `reason`. */
   close(reason: DmaBufError = new DmaBufError('EPIPE', 'connection closed', { op: 'close' })): void {
     if (this.#closed) return;
+    // What this side said before closing still reaches the peer when the socket takes it.
+    if (this.#notes.length > 0 && this.#queue.length === 0) this.#flushNotes();
+    if (this.#notesTimer !== null) clearImmediate(this.#notesTimer);
+    this.#notesTimer = null;
+    this.#notes = [];
     this.#closed = true;
     this.#closeReason = reason;
     if (this.#poll) {

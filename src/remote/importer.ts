@@ -67,8 +67,8 @@ export interface ImportedPriv {
 }
 
 /** The importer's buffer object for a description the exporter gave (its file: a `dup` of `fd`). */
-function createImported(fd: number, key: string, w: ReturnType<typeof checkWelcome>, channel: ImportChannel, prefetched: Prefetched | undefined): DmaBuf {
-  const file = new ImportedFile(fd, key);
+function createImported(fd: number, key: string, w: ReturnType<typeof checkWelcome>, channel: ImportChannel, prefetched: Prefetched | undefined, take = false): DmaBuf {
+  const file = new ImportedFile(fd, key, take);
   try {
     return DmaBuf[kCreateImported]<ImportedPriv>({
       ops: importOps,
@@ -93,9 +93,12 @@ interface Prefetched {
   reply: Reply | null;
 }
 
-/** Tells the exporter something it does not answer (id 0): in order, never waiting. */
+/**
+ * Tells the exporter something it does not answer (id 0): in order, never waiting; those of
+ * one turn of the event loop leave together (see `Connection.notify`).
+ */
 function notify(channel: ImportChannel, type: (typeof MsgType)[keyof typeof MsgType], body: Record<string, unknown>): void {
-  if (!channel.conn.closed) channel.conn.send(type, 0, body).catch(() => {});
+  channel.conn.notify(type, body);
 }
 
 /** Whether a table made ahead meets `device`'s constraints (so the device may take it). */
@@ -198,9 +201,13 @@ function verifyMemory(fd: number, size: number, pageSize: number, mustBeWriteSea
   };
   const st = native.fstat(fd);
   if ((st.mode & c.S_IFMT) !== c.S_IFREG) refuse('it is not a memory file');
-  const fsType = native.fstatfsType(fd);
-  if (fsType !== c.TMPFS_MAGIC && fsType !== c.HUGETLBFS_MAGIC) refuse('it is not a memfd');
-  const seals = native.getSeals(fd);
+  // Only memfds (shmem, hugetlbfs) have seals: F_GET_SEALS fails on any other file.
+  let seals = 0;
+  try {
+    seals = native.getSeals(fd);
+  } catch {
+    refuse('it is not a memfd');
+  }
   if ((seals & (c.F_SEAL_SHRINK | c.F_SEAL_GROW)) !== (c.F_SEAL_SHRINK | c.F_SEAL_GROW)) {
     refuse('it is not sealed against shrinking and growing, so a peer could truncate it under our mapping');
   }
@@ -580,7 +587,10 @@ export function importChannels(): { token: string; pid: number; closed: boolean 
 
 /** What a hand-off message delivered. */
 export interface HandoffDelivery {
-  /** The buffer's file; the caller keeps owning it (the buffer takes its own `dup`). */
+  /**
+   * The buffer's file: {@link adoptHandoff} takes it over (the buffer keeps it, or it is
+   * closed); {@link declineHandoff} leaves it to the caller.
+   */
   readonly file: number;
   /** The offer's description, as received (untrusted). */
   readonly body: unknown;
@@ -680,8 +690,31 @@ function checkOffer(d: HandoffDelivery): CheckedOffer | null {
  * @throws {DmaBufError} what `DmaBuf.get`, `attach` and `map` throw.
  */
 export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffMap | undefined; signal?: AbortSignal | undefined } = {}): Promise<AdoptedHandoff> {
+  let file = d.file;
+  try {
+    const buffer = await adoptFile(d, options.signal, () => { file = -1; });
+    const want = options.map;
+    if (!want) {
+      // Nobody asked for the map made ahead: give it back now rather than stall the exporter.
+      if (isImported(buffer)) dropPrefetched(buffer.priv as ImportedPriv);
+      return { buffer };
+    }
+    return await attachMapped(buffer, want.device, want.direction, options.signal);
+  } finally {
+    if (file >= 0) {
+      try {
+        native.close(file);
+      } catch {
+        // gone either way
+      }
+    }
+  }
+}
+
+/** The buffer object of a hand-off; calls `took()` when the object took `d.file` over. */
+async function adoptFile(d: HandoffDelivery, signal: AbortSignal | undefined, took: () => void): Promise<DmaBuf> {
   const offer = checkOffer(d);
-  const getOptions = options.signal ? { signal: options.signal } : {};
+  const getOptions = signal ? { signal } : {};
   let buffer: DmaBuf;
   if (!offer) {
     buffer = await DmaBuf.get(d.file, getOptions);
@@ -704,20 +737,15 @@ export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffM
       buffer = existing;
     } else {
       try {
-        buffer = createImported(d.file, key, w, channel, pre);
+        buffer = createImported(d.file, key, w, channel, pre, true);
+        took();
       } catch (err) {
         if (pre) undoPrefetched(channel, pre);
         throw err;
       }
     }
   }
-  const want = options.map;
-  if (!want) {
-    // Nobody asked for the map made ahead: give it back now rather than stall the exporter.
-    if (isImported(buffer)) dropPrefetched(buffer.priv as ImportedPriv);
-    return { buffer };
-  }
-  return attachMapped(buffer, want.device, want.direction, options.signal);
+  return buffer;
 }
 
 /**

@@ -65,7 +65,16 @@ export const MsgType = {
   CPU_ACCESS: 14,
   /** importer -> exporter (id 0, never answered): stop waiting for the request with this id. */
   CANCEL: 15,
+  /**
+   * importer -> exporter (id 0, never answered): several notifications in one record, run in
+   * order as if each had come alone: `{ messages: [[type, body], ...] }`, at most
+   * {@link MAX_BATCH} of them, each of a type that may be sent with id 0 (never a BATCH).
+   */
+  BATCH: 16,
 } as const;
+
+/** Most notifications in one BATCH. */
+export const MAX_BATCH = 64;
 
 /** Most fence descriptors a RESV_FENCES reply carries; more fences cross as one merged fence. */
 export const MAX_RESV_FENCES = 4;
@@ -143,6 +152,24 @@ export function decode(data: Buffer): Message {
     throw protoError(`the body of a ${typeName(type)} message is not a JSON object`);
   }
   return { type: type as MsgTypeValue, id, body: body as Record<string, unknown> };
+}
+
+/**
+ * The notifications a BATCH carries, checked: at most {@link MAX_BATCH}, each `[type, body]`
+ * with a type `allowed` says may come as a notification (a BATCH never nests).
+ *
+ * @throws {DmaBufError} `EPROTO` for anything else (none of the batch is then run).
+ */
+export function unbatch(body: Record<string, unknown>, allowed: (type: number) => boolean): Message[] {
+  const list = body.messages;
+  if (!Array.isArray(list) || list.length === 0 || list.length > MAX_BATCH) throw protoError(`field "messages" of a BATCH must be an array of 1 to ${MAX_BATCH} notifications`);
+  return list.map((entry: unknown) => {
+    if (!Array.isArray(entry) || entry.length !== 2) throw protoError('a notification in a BATCH must be [type, body]');
+    const [type, inner] = entry as [unknown, unknown];
+    if (typeof type !== 'number' || type === MsgType.BATCH || !TYPE_NAMES.has(type) || !allowed(type)) throw protoError(`a BATCH may not carry a message of type ${String(type)}`);
+    if (typeof inner !== 'object' || inner === null || Array.isArray(inner)) throw protoError('the body of a notification in a BATCH must be a JSON object');
+    return { type: type as MsgTypeValue, id: 0, body: inner as Record<string, unknown> };
+  });
 }
 
 /** Field readers that reject a malformed body with `EPROTO`. */

@@ -27,7 +27,7 @@ import type { SgTable } from '../core/sg-table.js';
 import { native } from '../native/binding.js';
 import { Connection, closeAll } from './connection.js';
 import { fileKey } from '../transport/buffer-file.js';
-import { MsgType, VERSION, decode, encode, field, toRuns, type Message } from './protocol.js';
+import { MsgType, VERSION, decode, encode, field, toRuns, unbatch, type Message } from './protocol.js';
 import { charge, refund } from './limits.js';
 import { warnLimited } from './warn.js';
 import { ResvService } from './resv-service.js';
@@ -61,6 +61,8 @@ export class ServiceChannel {
   /** Requests answered on this channel, and notifications (id 0) run: for introspection and tests. */
   requests = 0;
   notifications = 0;
+  /** Records read from the channel (a BATCH of notifications is one): for introspection and tests. */
+  records = 0;
   readonly attachments = new Map<number, RemoteAttachment>();
   readonly maps = new Map<number, { attachment: number; sgt: SgTable }>();
   #nextId = 1;
@@ -96,7 +98,10 @@ export class ServiceChannel {
 
   #connect(fd: number): Connection {
     return new Connection(fd, {
-      onMessage: (msg, fds) => { void this.#handle(msg, fds); },
+      onMessage: (msg, fds) => {
+        this.records += 1;
+        void this.#handle(msg, fds);
+      },
       onBadMessage: (err, id, kind) => {
         // An exporter sends no requests, so a reply reaching it means the channel is not an
         // importer's (two crossed ends of one pair, say): close it rather than hold it forever.
@@ -181,6 +186,22 @@ export class ServiceChannel {
   }
 
   async #handle(msg: Message, fds: number[]): Promise<void> {
+    if (msg.type === MsgType.BATCH) {
+      // Notifications sent together: run in order, each as if it had come alone.
+      closeAll(fds);
+      let list: Message[] | null = null;
+      try {
+        if (msg.id === 0 && fds.length === 0) list = unbatch(msg.body, (type) => NOTIFICATIONS.has(type));
+      } catch {
+        list = null;
+      }
+      if (!list) {
+        this.conn.badMessages += 1;
+        return;
+      }
+      for (const m of list) void this.#handle(m, []);
+      return;
+    }
     if (msg.id === 0 && !NOTIFICATIONS.has(msg.type)) {
       // A request nobody can be answered for (id 0 is for notifications): refuse to run it.
       closeAll(fds);
@@ -392,8 +413,8 @@ export function serviceChannel(token: string): ServiceChannel | undefined {
 }
 
 /** The channels of this exporter thread (for introspection and tests). */
-export function serviceChannels(): { token: string; pid: number; buffers: number; attachments: number; maps: number; requests: number; notifications: number }[] {
-  return [...channels.values()].map((c) => ({ token: c.token, pid: c.pid, buffers: c.buffers.size, attachments: c.attachments.size, maps: c.maps.size, requests: c.requests, notifications: c.notifications }));
+export function serviceChannels(): { token: string; pid: number; buffers: number; attachments: number; maps: number; requests: number; notifications: number; records: number }[] {
+  return [...channels.values()].map((c) => ({ token: c.token, pid: c.pid, buffers: c.buffers.size, attachments: c.attachments.size, maps: c.maps.size, requests: c.requests, notifications: c.notifications, records: c.records }));
 }
 
 /** The buffer's description, as the importer receives it. */

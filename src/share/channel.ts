@@ -181,6 +181,10 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   #poll: PollHandle | null = null;
   /** The events the watcher watches now (-1: unknown, re-arm). */
   #pollEvents = 0;
+  /** Whether the watcher keeps the event loop alive now. */
+  #pollReffed = false;
+  /** The turn that drops events no longer needed (see {@link #updatePoll}). */
+  #pollTimer: NodeJS.Immediate | null = null;
   #pollErrors = 0;
   #closed = false;
   /** End-of-file was read: the peer is gone. */
@@ -477,11 +481,13 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   async receive(options: ReceiveOptions = {}): Promise<ReceivedBuffer> {
     const raw = await this.#receiveRaw('receive', options);
     const { fd, meta } = raw;
+    let owned = true;
     try {
       const signal = options?.signal;
       const map = options?.map;
       if (raw.handoff) {
         const peer = this.#peer.pid !== process.pid ? this.#peer.pid : 0;
+        owned = false; // adoptHandoff takes the descriptor over
         const got = await adoptHandoff({ file: fd, body: raw.handoff.body, fds: raw.handoff.fds, senderPid: peer }, { map, signal });
         return { ...got, meta };
       }
@@ -495,7 +501,7 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
       }
       throw new DmaBufError(e.code, `receive: the peer sent a descriptor that is not a buffer this process can get (the descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
     } finally {
-      closeQuietly(fd);
+      if (owned) closeQuietly(fd);
     }
   }
 
@@ -573,6 +579,8 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
       this.#poll = null;
     }
     this.#pollEvents = 0;
+    if (this.#pollTimer !== null) clearImmediate(this.#pollTimer);
+    this.#pollTimer = null;
     this.#failAll(closedError('send'), closedError('receive'));
     adopted.delete(fd);
     this.#fd = -1;
@@ -690,8 +698,17 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
         signal.addEventListener('abort', waiter.onAbort, { once: true });
       }
       this.#receivers.push(waiter);
-      this.#guard(() => this.#drainReceives());
+      // Watched for reading already (the usual receive loop): the event loop reports the next
+      // message; reading now would most often find nothing (an EAGAIN system call per message).
+      this.#guard(() => {
+        if (!this.#watchingReads()) this.#drainReceives();
+      });
     });
+  }
+
+  /** Whether the watcher is armed for reading (so that a queued message will be reported). */
+  #watchingReads(): boolean {
+    return this.#poll !== null && this.#pollEvents > 0 && (this.#pollEvents & native.constants.UV_READABLE) !== 0;
   }
 
   #abortReceive(waiter: ReceiveWaiter, op: string): void {
@@ -828,14 +845,40 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     }
   }
 
-  /** Watches what the pending operations need; ref'd only while something is pending. */
-  #updatePoll(): void {
+  /**
+   * Watches what the pending operations need; ref'd only while something is pending. Events
+   * no longer needed are dropped one turn of the event loop later (unref'd meanwhile): a
+   * program that receives again right after a message arrived (the usual loop) keeps the
+   * watcher as it is, instead of two `epoll_ctl` calls per message.
+   */
+  #updatePoll(now = false): void {
     if (this.#closed) return;
     const c = native.constants;
     let events = 0;
     if (this.#receivers.length > 0 && !this.#peerClosed) events |= c.UV_READABLE | c.UV_DISCONNECT;
     if (this.#sendBlocked && this.#sendQueue.length > 0) events |= c.UV_WRITABLE;
-    if (events === this.#pollEvents) return;
+    if (this.#poll !== null && !now && this.#pollEvents > 0 && events !== this.#pollEvents && (events & ~this.#pollEvents) === 0) {
+      // Only fewer events: a turn later. A wake-up meanwhile finds nobody waiting, reads nothing.
+      if (events === 0 && this.#pollReffed) {
+        native.pollRef(this.#poll, false);
+        this.#pollReffed = false;
+      }
+      if (this.#pollTimer === null) {
+        this.#pollTimer = setImmediate(() => {
+          this.#pollTimer = null;
+          this.#updatePoll(true);
+        });
+        this.#pollTimer.unref();
+      }
+      return;
+    }
+    if (events === this.#pollEvents) {
+      if (this.#poll !== null && this.#pollReffed !== (events !== 0)) {
+        native.pollRef(this.#poll, events !== 0);
+        this.#pollReffed = events !== 0;
+      }
+      return;
+    }
     if (this.#poll === null) {
       if (events === 0) {
         this.#pollEvents = 0;
@@ -846,6 +889,7 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
       native.pollUpdate(this.#poll, events);
     }
     native.pollRef(this.#poll, events !== 0);
+    this.#pollReffed = events !== 0;
     this.#pollEvents = events;
   }
 

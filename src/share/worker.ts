@@ -208,14 +208,7 @@ function takeMessage(message: unknown): { fd: number; key: string; meta: unknown
  */
 export async function receiveBuffer(message: unknown, options: ReceiveBufferOptions = {}): Promise<AdoptedHandoff & { meta: unknown }> {
   const { fd, key, meta, handoff } = takeMessage(message);
-  try {
-    const got = await adoptHandoff({ file: fd, key, body: handoff?.body ?? null, fds: handoff?.fds ?? [], senderPid: process.pid }, { map: options.map });
-    return { ...got, meta };
-  } finally {
-    try {
-      native.close(fd);
-    } catch {
-      // gone either way
-    }
-  }
+  // Takes the descriptor over: the buffer keeps it, or it is closed.
+  const got = await adoptHandoff({ file: fd, key, body: handoff?.body ?? null, fds: handoff?.fds ?? [], senderPid: process.pid }, { map: options.map });
+  return { ...got, meta };
 }

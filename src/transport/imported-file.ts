@@ -13,9 +13,12 @@ export class ImportedFile {
   /** `dev:ino` of the file. */
   readonly key: string;
 
-  /** Takes its own reference: duplicates `fd` (the caller keeps `fd`). */
-  constructor(fd: number, key: string) {
-    this.#fd = own(native.dup(fd, true));
+  /**
+   * Takes its own reference: duplicates `fd` (the caller keeps `fd`), or with `take` takes
+   * `fd` itself over (a descriptor just received, close-on-exec, that nobody else holds).
+   */
+  constructor(fd: number, key: string, take = false) {
+    this.#fd = own(take ? fd : native.dup(fd, true));
     this.key = key;
   }
 

@@ -19,7 +19,7 @@ import { native } from '../../src/native/binding.js';
 import { serviceChannels } from '../../src/remote/service.js';
 import { importChannels } from '../../src/remote/importer.js';
 import { MAX_FDS_PER_MESSAGE, MAX_QUEUED_SENDS } from '../../src/remote/connection.js';
-import { HEADER_SIZE, MAX_MESSAGE, MsgType, decode, encode, type Message } from '../../src/remote/protocol.js';
+import { HEADER_SIZE, MAX_BATCH, MAX_MESSAGE, MsgType, decode, encode, type Message } from '../../src/remote/protocol.js';
 import {
   FakeExporter, O_RDONLY, SHRINK_GROW, attachThrough, c, closeFds, detachThrough, importThrough, closureProbe, describeOutcome, deviceBody, fdCount, mapsMatching,
   memfd, patched, peerClosed, rawCycle, rawHandshake, rawRequest, recvMsg, recvRaw, report, runChild, sendRaw,
@@ -116,6 +116,48 @@ test('malformed: a bad magic, version, type, reserved field or body on a channel
       await expectError(ch, id, 'EPROTO', re).catch((err: unknown) => { throw new Error(`${what}: ${String(err)}`); });
     }
     // A well-formed cycle on the same channel still works and sees the buffer's contents.
+    assert.deepEqual([...await rawCycle(ch, 1000, PATTERN.length)], [...PATTERN]);
+    await done();
+  });
+});
+
+test('malformed: a BATCH runs only notifications, at most MAX_BATCH, never nested and only with id 0; a bad one runs nothing, and a good one runs each in order', async () => {
+  await withFdCheck(async () => {
+    const { buf, ch, done } = await exporterWithChannel('batch');
+    const buffer = ch.welcome.body.buffer as number;
+    const a = await rawRequest(ch, MsgType.ATTACH, 1, { buffer, device: deviceBody() });
+    const attachment = a.msg.body.attachment as number;
+    const m = await rawRequest(ch, MsgType.MAP, 2, { attachment, direction: 'to-device' });
+    closeFds(m.fds);
+    const map = m.msg.body.map as number;
+    assert.equal(buf.mapCount, 1);
+    const unmap = [MsgType.UNMAP, { map }];
+    const detach = [MsgType.DETACH, { attachment }];
+    const bad: [string, Buffer][] = [
+      ['a request inside', encode(MsgType.BATCH, 0, { messages: [unmap, [MsgType.ATTACH, { buffer, device: deviceBody() }]] })],
+      ['a nested BATCH', encode(MsgType.BATCH, 0, { messages: [unmap, [MsgType.BATCH, { messages: [detach] }]] })],
+      ['an unknown type', encode(MsgType.BATCH, 0, { messages: [unmap, [4242, {}]] })],
+      ['a body that is not an object', encode(MsgType.BATCH, 0, { messages: [unmap, [MsgType.DETACH, [attachment]]] })],
+      ['an entry that is not a pair', encode(MsgType.BATCH, 0, { messages: [unmap, [MsgType.DETACH]] })],
+      ['no list', encode(MsgType.BATCH, 0, { messages: unmap })],
+      ['an empty list', encode(MsgType.BATCH, 0, { messages: [] })],
+      [`${MAX_BATCH + 1} entries`, encode(MsgType.BATCH, 0, { messages: [unmap, ...Array.from({ length: MAX_BATCH }, () => [MsgType.CANCEL, { request: 1 }])] })],
+      ['an id', encode(MsgType.BATCH, 7, { messages: [unmap, detach] })],
+    ];
+    for (const [what, bytes] of bad) {
+      await sendRaw(ch.sock, bytes);
+      // Not answered, and nothing of it ran: the map and the attachment are still there.
+      await expectNothingBefore(ch, 900);
+      assert.equal(buf.mapCount, 1, what);
+      assert.equal(buf.attachments.length, 1, what);
+    }
+    // A good one: the unmap, then the detach, as if each had come alone; nothing answered.
+    await sendRaw(ch.sock, encode(MsgType.BATCH, 0, { messages: [unmap, detach] }));
+    await expectNothingBefore(ch, 901);
+    await until(() => buf.attachments.length === 0, 5000, 'the batched detach');
+    assert.equal(buf.mapCount, 0);
+    // An unmap of a map that is gone, in a batch, is dropped like the same notification alone.
+    await sendRaw(ch.sock, encode(MsgType.BATCH, 0, { messages: [unmap, unmap] }));
     assert.deepEqual([...await rawCycle(ch, 1000, PATTERN.length)], [...PATTERN]);
     await done();
   });

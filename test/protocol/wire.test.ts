@@ -42,8 +42,8 @@ test('encode writes the 24-byte little-endian header: magic, version, type, id, 
   assert.equal(b.subarray(HEADER_SIZE).toString('utf8'), body);
 });
 
-test('encode: the type numbers are fixed (HELLO 1, ATTACH 3 ... ERROR 9, RESV_ADD 10 ... CANCEL 15; 2 is unused)', () => {
-  assert.deepEqual({ ...MsgType }, { HELLO: 1, ATTACH: 3, DETACH: 4, MAP: 5, UNMAP: 6, PUT: 7, REPLY: 8, ERROR: 9, RESV_ADD: 10, RESV_FENCES: 11, RESV_WAIT: 12, RESV_EXPORT: 13, CPU_ACCESS: 14, CANCEL: 15 });
+test('encode: the type numbers are fixed (HELLO 1, ATTACH 3 ... ERROR 9, RESV_ADD 10 ... CANCEL 15, BATCH 16; 2 is unused)', () => {
+  assert.deepEqual({ ...MsgType }, { HELLO: 1, ATTACH: 3, DETACH: 4, MAP: 5, UNMAP: 6, PUT: 7, REPLY: 8, ERROR: 9, RESV_ADD: 10, RESV_FENCES: 11, RESV_WAIT: 12, RESV_EXPORT: 13, CPU_ACCESS: 14, CANCEL: 15, BATCH: 16 });
   for (const [name, v] of Object.entries(MsgType)) assert.equal(typeName(v), name);
   assert.equal(typeName(2), 'type 2');
   assert.equal(typeName(65535), 'type 65535');
@@ -116,8 +116,8 @@ test('decode rejects every version but 1 with EPROTO, naming both versions', () 
   }
 });
 
-test('decode rejects unknown types (0, 2, 10 .. 65535) with EPROTO', () => {
-  for (const type of [0, 2, 16, 17, 255, 256, 0x8001, 0xffff]) {
+test('decode rejects unknown types (0, 2, 17 .. 65535) with EPROTO', () => {
+  for (const type of [0, 2, 17, 18, 255, 256, 0x8001, 0xffff]) {
     assert.throws(() => decode(patched(MsgType.PUT, 1, {}, { type })), (e: unknown) => proto(e) && (e as Error).message.includes(`unknown message type ${type}`));
   }
 });

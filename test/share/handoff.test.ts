@@ -73,8 +73,10 @@ test('a first hand-off to another process is one message: mapped with no request
     assert.equal(buf.mapCount, 1, 'the map made with the hand-off is outstanding');
     child.stdin!.write('go\n');
     assert.deepEqual(await nextLine(child, (v) => 'done' in v), { done: true, stale: 0 });
-    await waitFor(() => buf.mapCount === 0 && buf.attachments.length === 0, 5000, 'the notifications');
+    await waitFor(() => buf.mapCount === 0 && buf.attachments.length === 0 && newChannel(before)?.notifications === 3, 5000, 'the notifications');
     assert.equal(newChannel(before)?.requests, 0, 'still no request: unmap, detach and put did not wait');
+    // Made in one turn of the child's event loop, the three left as one record (a BATCH).
+    assert.equal(newChannel(before)?.records, 1, 'unmap, detach and put came as one message');
   } finally {
     child.stdin!.end();
     const r = await done;
