@@ -689,39 +689,6 @@ export class WorkerSmallMethod implements Method {
   }
 }
 
-/** A worker postMessage of a Uint8Array (a copy), to the same worker as dmabuf-worker. */
-export class WorkerHostCopyMethod implements Method {
-  readonly name = 'worker postMessage (copy)';
-  #payload: Payload | null = null;
-
-  constructor(readonly host: WorkerHost) {}
-
-  start(): Promise<void> {
-    return this.host.start();
-  }
-
-  async prepare(_size: number, payload: Payload): Promise<void> {
-    this.#payload = payload;
-    void payload.bytes;
-  }
-
-  async once(_read: ReadMode): Promise<Sample> {
-    const acked = this.host.reply(this.name);
-    const t0 = now();
-    this.host.worker!.postMessage({ kind: 'bytes', data: this.#payload!.bytes });
-    const r = await acked;
-    return copySample(this.name, t0, r as unknown as CopyReply);
-  }
-
-  async free(): Promise<void> {
-    this.#payload = null;
-  }
-
-  close(): Promise<void> {
-    return this.host.close();
-  }
-}
-
 // ---------------------------------------------------------------------------------------
 
 let floorBinary: string | null | undefined;

@@ -5,7 +5,7 @@
 import { fmtSize, fmtTime, repsFor, stats, type BenchCase, type CaseResult, type Context, type Row, type Target } from '../harness.js';
 import {
   ChannelBareMethod, ChannelHost, DmabufChannelMethod, DmabufMethod, FloorMethod, Payload, SabAtomicsMethod, SabPostMethod, SendMethod, StreamMethod,
-  WorkerDmabufMethod, WorkerHost, WorkerHostCopyMethod, WorkerSmallMethod,
+  WorkerDmabufMethod, WorkerHost, WorkerCopyMethod, WorkerSmallMethod,
   compileFloor, floorCompileNote, type Method, type ReadMode, type Sample,
 } from '../methods.js';
 import { straceUnavailable, type Costs } from '../costs.js';
@@ -227,7 +227,7 @@ export const handoff: BenchCase = {
     const smallAfterWrite = new WorkerSmallMethod(workerHost, { afterWrite: true });
     const methods: Method[] = [
       channel, bare, bareAfterWrite, dmabuf, oneTrip, floor, send, new StreamMethod(),
-      worker, small, smallAfterWrite, new WorkerHostCopyMethod(workerHost), new SabPostMethod(), new SabAtomicsMethod(),
+      worker, small, smallAfterWrite, new WorkerCopyMethod(), new SabPostMethod(), new SabAtomicsMethod(),
     ];
     const rows = await runSideBySide(ctx, 'handoff', methods, 'ends', notes, { costs: true });
     if (floorCompileNote()) notes.push(floorCompileNote());
@@ -235,7 +235,7 @@ export const handoff: BenchCase = {
       '**dmabuf-channel** (the method the targets judge): for every hand-off the exporter (the harness process) allocates a new system-heap buffer and writes all of it through a CpuDevice, before t0 (a producer writes its frame first, so the storage exists). t0, then `channel.send(buf, meta)` on a `BufferChannel` (a pair with the child); the child\'s `channel.receive({ map: { device: cpu, direction: \'to-device\' } })` resolves mapped, it reads the first and last byte (one-way ends here), then `attachment.unmap` (the harness checks that the view is detached: byteLength 0), `attachment.detach`, `buffer.put` and acks (a 1-packet JSON message on a separate SOCK_SEQPACKET control socket); the round trip ends when the harness has the ack. The exporter puts its reference once it has the ack and has run the receiver\'s unmap and detach, and waits for the release (which frees the storage) before the next hand-off; neither is in the times. The route\'s private channel to the exporter is made by the first hand-off to the child (in the warm-up) and reused, as for any producer that keeps its channel.',
       '**BufferChannel bare hop**: the same two processes, a second BufferChannel pair: `channel.sendFd(fd of /dev/null, meta)` with the same meta, the child\'s `receiveFd()` (one-way ends when it resolves), a close, and the same ack on the same control socket.',
       '**…, after a fresh write** (BufferChannel bare hop, worker postMessage (small object)): the same bare hop, but like dmabuf-channel and dmabuf-worker right after the harness allocated and wrote a new buffer of the size (not sent; put and released after the hop). This machine is a PVM guest (shadow page tables, `pvm_*` in the kernel\'s profile): after a process writes tens of MiB of new pages, everything both processes do is several times slower for a while, a plain sendmsg included; this row shows that part of the large-size times, which is not the hand-off\'s. The targets are judged against the plain bare hop; the ratio against this one is shown beside it.',
-      '**dmabuf-worker**: the same new-buffer-per-hand-off in the harness\'s main thread, `postBuffer(worker, buf)`; in the worker `receiveBuffer(m, { map })`, the read (one-way ends), unmap, detach, put and a small postMessage back. Its baselines run in the same worker: **worker postMessage (small object)** (`{ kind: \'small\' }` and a `{ tRead }` answer) and **worker postMessage (copy)** (a Uint8Array of the size, cloned).',
+      '**dmabuf-worker**: the same new-buffer-per-hand-off in the harness\'s main thread, `postBuffer(worker, buf)`; in the worker `receiveBuffer(m, { map })`, the read (one-way ends), unmap, detach, put and a small postMessage back. Its baseline **worker postMessage (small object)** (`{ kind: \'small\' }` and a `{ tRead }` answer) runs in the same worker; **worker postMessage (copy)** (a Uint8Array of the size, cloned) runs in a worker of its own, so that the garbage of its copies (64 MiB each at 64 MiB) does not land in the dmabuf worker\'s collections.',
       '**dmabuf** and **dmabuf getMapped** are the previous methods, kept for comparison: one buffer per size handed again and again over a raw socket, imported with `DmaBuf.get` + `attach` + `map` (three requests to the exporter) or `DmaBuf.getMapped` (one); their receiver span is from recvmsg returning the descriptor to the read.',
       'one-way: from the sender starting the hand-off (t0: before send/sendFd/postBuffer/postMessage/write; for the old dmabuf methods before buf.fd()) to the receiver having read both bytes; both timestamps are CLOCK_MONOTONIC, the same clock in every process.',
       'round-trip: from the same start to the sender having the receiver\'s ack (a small message back), as the sender sees it; nothing is subtracted. For dmabuf-channel and dmabuf-worker it includes the receiver\'s unmap, detach and put.',

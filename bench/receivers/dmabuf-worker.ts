@@ -1,20 +1,20 @@
 /**
- * The worker-thread receiver of the dmabuf worker methods and their baselines, all in this
- * one thread (so that they compare the same two threads). Messages:
+ * The worker-thread receiver of the dmabuf worker methods and of the small-object baseline,
+ * in this one thread (so that they compare the same two threads; the copying baseline has a
+ * worker of its own, whose garbage stays out of this one's collections). Messages:
  *
  * - a buffer message (`postBuffer`): `receiveBuffer(m, { map: { device: cpu, direction:
  *   'to-device' } })`, read the first and last byte, unmap, detach, put, answer
  *   `{ first, last, stale, tMapped, tRead, tDone }` (a small postMessage; `stale`: the view's
  *   byteLength after unmap, 0 when unmap detached it).
  * - `{ kind: 'small' }`: the bare postMessage of a small object; answers `{ tRead }`.
- * - `{ kind: 'bytes', data }`: a copied Uint8Array; answers `{ first, last, tRead }`.
  * - `{ kind: 'stats' }`: this thread's CPU time (ns, /proc/thread-self/schedstat), its garbage
  *   collections, and its kernel thread id (for strace).
  */
 import { parentPort } from 'node:worker_threads';
 import { CpuDevice, isBufferMessage, receiveBuffer } from '../../src/index.js';
 import { threadCpuNs, threadId } from '../costs.js';
-import { readEnds, observeGc, readAndRelease } from './wire.js';
+import { observeGc, readAndRelease } from './wire.js';
 
 const port = parentPort!;
 const map = { device: new CpuDevice({ name: 'bench-worker-receiver' }), direction: 'to-device' as const };
@@ -28,14 +28,11 @@ async function onBuffer(m: unknown): Promise<void> {
   port.postMessage({ first, last, stale, tMapped, tRead, tDone });
 }
 
-port.on('message', (m: { kind?: string; data?: Uint8Array }) => {
+port.on('message', (m: { kind?: string }) => {
   if (isBufferMessage(m)) {
     onBuffer(m).catch((err: unknown) => port.postMessage({ error: String((err as Error)?.stack ?? err) }));
   } else if (m.kind === 'small') {
     port.postMessage({ tRead: process.hrtime.bigint() });
-  } else if (m.kind === 'bytes') {
-    const [first, last] = readEnds(m.data!);
-    port.postMessage({ first, last, tRead: process.hrtime.bigint() });
   } else if (m.kind === 'stats') {
     port.postMessage({ cpuNs: threadCpuNs(), gc: { ...gc }, tid: threadId() });
   }

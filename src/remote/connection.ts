@@ -79,9 +79,9 @@ export class Connection {
   #closeReason: DmaBufError | null = null;
   /** Messages rejected as malformed (for tests and introspection). */
   badMessages = 0;
-  /** Notifications not sent yet (see {@link notify}), and the turn of the loop that sends them. */
+  /** Notifications not sent yet (see {@link notify}), and whether a promise job will send them. */
   #notes: [MsgTypeValue, Record<string, unknown>][] = [];
-  #notesTimer: NodeJS.Immediate | null = null;
+  #notesQueued = false;
 
   /** Takes ownership of `fd`, a connected SEQPACKET socket of this process only. */
   constructor(fd: number, handlers: ConnectionHandlers) {
@@ -136,29 +136,29 @@ export class Connection {
   }
 
   /**
-   * Sends a notification (id 0, never answered) later in this turn of the event loop, in order
-   * with every other message: the notifications made in one turn (an unmap, a detach and a
-   * put, say) leave as one BATCH record, one system call and one wake-up of the peer. Never
-   * throws and never waits; nothing is sent once the connection is closed.
+   * Sends a notification (id 0, never answered) in order with every other message, as soon as
+   * the code that made it yields (a promise job later): the notifications made in one go (the
+   * unmap and detach that give back a map made ahead, the detaches of a put) leave as one
+   * BATCH record, one system call and one wake-up of the peer. Waiting longer (to the end of
+   * the event loop's turn, say) would batch more, but a message the program sends meanwhile
+   * on another socket would then wake the peer first and the batch a second time, which costs
+   * more than it saves. Never throws and never waits; nothing is sent once the connection is
+   * closed.
    */
   notify(type: MsgTypeValue, body: Record<string, unknown>): void {
     if (this.#closed) return;
     this.#notes.push([type, body]);
     if (this.#notes.length >= MAX_BATCH) {
       this.#flushNotes();
-    } else if (this.#notesTimer === null) {
-      // After the callbacks and promise jobs of this turn; unref'd, as the socket is.
-      this.#notesTimer = setImmediate(() => this.#flushNotes());
-      this.#notesTimer.unref();
+    } else if (!this.#notesQueued) {
+      this.#notesQueued = true;
+      queueMicrotask(() => this.#flushNotes());
     }
   }
 
   /** Sends the pending notifications now, as one message (a BATCH when there are several). */
   #flushNotes(): void {
-    if (this.#notesTimer !== null) {
-      clearImmediate(this.#notesTimer);
-      this.#notesTimer = null;
-    }
+    this.#notesQueued = false;
     const notes = this.#notes;
     if (notes.length === 0 || this.#closed) return;
     this.#notes = [];
@@ -280,8 +280,6 @@ export class Connection {
     if (this.#closed) return;
     // What this side said before closing still reaches the peer when the socket takes it.
     if (this.#notes.length > 0 && this.#queue.length === 0) this.#flushNotes();
-    if (this.#notesTimer !== null) clearImmediate(this.#notesTimer);
-    this.#notesTimer = null;
     this.#notes = [];
     this.#closed = true;
     this.#closeReason = reason;

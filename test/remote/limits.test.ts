@@ -123,3 +123,37 @@ test('maps and attachments beyond a process\'s limit fail with ENOSPC; closing t
   assert.deepEqual(usageFor(process.pid), { channels: 0, attachments: 0, maps: 0, fences: 0, waits: 0 });
   buf.put();
 });
+
+test('notifications leave before a later request of the same turn: an unmap then a map in one turn fit under a limit of one map', async () => {
+  const buf = await filled('notify-order');
+  const file = buf.fd();
+  setServiceLimits({ maxMapsPerProcess: 1 });
+  try {
+    const r = await runChild(`
+      const buf = await m.DmaBuf.get(3);
+      const att = await buf.attach(new m.CpuDevice());
+      let sgt = await att.map('to-device');
+      const results = [];
+      for (let i = 0; i < 20; i++) {
+        // Not awaited: the UNMAP notification waits for the end of this turn, the MAP request
+        // is sent now; the MAP must not overtake the UNMAP (the limit is one map).
+        const unmapped = att.unmap(sgt);
+        const next = att.map('to-device');
+        await unmapped;
+        try { sgt = await next; results.push(sgt.segments[0].view[0]); } catch (e) { results.push(e.code); break; }
+      }
+      // And notifications alone still reach the exporter: the last unmap and the detach.
+      await att.unmap(sgt);
+      await att.detach();
+      out({ results });
+      buf.put();
+    `, [file]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.json[0], { results: Array(20).fill(7) });
+    await until(() => buf.mapCount === 0 && buf.attachments.length === 0, 5000, 'the last notifications');
+  } finally {
+    setServiceLimits(DEFAULT_SERVICE_LIMITS);
+    closeSync(file);
+    buf.put();
+  }
+});
