@@ -11,6 +11,30 @@ import {
 import { straceUnavailable, type Costs } from '../costs.js';
 
 /** Runs `methods` on every size, interleaved, and returns rows of receiver, one-way and round-trip times. */
+/**
+ * The order in which the methods take their turn in repetition `rep`: shuffled, with a seed
+ * fixed per repetition (every run uses the same orders). In a fixed order the first method
+ * would always run after a full round of the others (its receiver idle longest, its caches
+ * coldest) and each method always right after the same one; shuffled, no method has a
+ * position of its own.
+ */
+export function turnOrder<T>(methods: readonly T[], rep: number): T[] {
+  const out = [...methods];
+  let seed = (0x9e3779b9 ^ Math.imul(rep + 1, 0x85ebca6b)) >>> 0;
+  const next = (): number => {
+    // xorshift32
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) / 2 ** 32;
+  };
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(next() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
 export async function runSideBySide(ctx: Context, caseName: string, methods: Method[], read: ReadMode, notes: string[], options: { costs?: boolean } = {}): Promise<Row[]> {
   const rows: Row[] = [];
   const live: Method[] = [];
@@ -50,7 +74,7 @@ export async function runSideBySide(ctx: Context, caseName: string, methods: Met
         for (const m of active) await m.once(read);
       }
       for (let r = 0; r < reps; r++) {
-        for (const m of active) samples.get(m)!.push(await m.once(read));
+        for (const m of turnOrder(active, r)) samples.get(m)!.push(await m.once(read));
       }
       const costs = new Map<Method, Costs>();
       for (const m of active) {
@@ -239,7 +263,7 @@ export const handoff: BenchCase = {
       '**dmabuf** and **dmabuf getMapped** are the previous methods, kept for comparison: one buffer per size handed again and again over a raw socket, imported with `DmaBuf.get` + `attach` + `map` (three requests to the exporter) or `DmaBuf.getMapped` (one); their receiver span is from recvmsg returning the descriptor to the read.',
       'one-way: from the sender starting the hand-off (t0: before send/sendFd/postBuffer/postMessage/write; for the old dmabuf methods before buf.fd()) to the receiver having read both bytes; both timestamps are CLOCK_MONOTONIC, the same clock in every process.',
       'round-trip: from the same start to the sender having the receiver\'s ack (a small message back), as the sender sees it; nothing is subtracted. For dmabuf-channel and dmabuf-worker it includes the receiver\'s unmap, detach and put.',
-      `The methods take turns within each repetition. The receivers are long-lived and warmed up: ${warmup(ctx)} untimed hand-offs per method at the first size, then one more per size below 64 MiB. The very first hand-off of each method (for dmabuf, the receiver's first contact with the exporter) is kept in the JSON as coldNs.`,
+      `The methods take turns within each repetition, in an order shuffled for each repetition (with a fixed seed, so every run uses the same orders): in a fixed order the first method would always run after a full round of the others, its receiver idle longest. The receivers are long-lived and warmed up: ${warmup(ctx)} untimed hand-offs per method at the first size, then one more per size below 64 MiB. The very first hand-off of each method (for dmabuf, the receiver's first contact with the exporter) is kept in the JSON as coldNs.`,
       `Costs (CPU of each side, system calls and garbage collections in the receiver) come from separate passes after the timed repetitions at each size, of N back-to-back hand-offs of one method (N: ${costsRuns(ctx, 4 << 10)} up to 1 MiB, fewer above; the strace pass at most ${STRACE_RUNS}), divided by N. CPU: process.cpuUsage() (user + system, every thread of the process) for processes; /proc/thread-self/schedstat (the thread's run time) for threads (Node 20 has no process.threadCpuUsage); the sender's from t0 until it has the ack (for dmabuf: and has run the receiver's unmap and detach notifications; the producer's put and the release that frees the storage come after, outside), the receiver's between two snapshots around the pass (everything its process did, the ack included). System calls: \`strace -f -ttt -p PID\` attached to the receiving process (every thread), counting the calls that started between the first hand-off's start and the last one's ack (for a worker: the worker thread's calls only); they include the receiver's ack (one sendmsg, or for a worker the postMessage wake-up). GCs: a PerformanceObserver on 'gc' in the receiver. C floor CPU: /proc/PID/schedstat of its two single-threaded processes.`,
       'The copying baselines (child_process.send, worker postMessage (copy), Unix socket stream) hand over a Uint8Array of the same bytes; the stream receiver assembles the bytes into one Buffer before reading.',
     );
