@@ -263,7 +263,11 @@ export class DmabufMethod implements Method {
 // The one-message hand-off over a BufferChannel, and the bare BufferChannel hop, between the
 // same two processes (bench/receivers/channel.ts).
 
-/** The receiver process of the BufferChannel methods: two channels and a control socket. */
+/**
+ * The receiver process of the BufferChannel methods: two channels and a control socket.
+ * `receivers/channel.ts` by default; `receivers/minimal.ts` (`new ChannelHost('minimal')`)
+ * receives the same hand-offs with no framework (see bench/phase.ts).
+ */
 export class ChannelHost {
   handoffs: BufferChannel | null = null;
   bare: BufferChannel | null = null;
@@ -271,6 +275,8 @@ export class ChannelHost {
   #child: ChildProcess | null = null;
   #starting: Promise<void> | null = null;
   #users = 0;
+
+  constructor(readonly receiverName: 'channel' | 'minimal' = 'channel') {}
 
   /** Starts the child once, for every method that uses it. */
   start(): Promise<void> {
@@ -285,7 +291,7 @@ export class ChannelHost {
     const [ctl, ctlTheirs] = native.socketpair(native.constants.SOCK_SEQPACKET, false);
     this.handoffs = h;
     this.bare = b;
-    this.#child = track(spawn(process.execPath, [...nodeArgs, receiver('channel')], { stdio: ['ignore', 'inherit', 'inherit', hTheirs, bTheirs, ctlTheirs] }));
+    this.#child = track(spawn(process.execPath, [...nodeArgs, receiver(this.receiverName)], { stdio: ['ignore', 'inherit', 'inherit', hTheirs, bTheirs, ctlTheirs] }));
     for (const fd of [hTheirs, bTheirs, ctlTheirs]) native.close(fd);
     this.#control = new Packets(ctl);
     this.#control.listen();

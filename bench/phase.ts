@@ -1,6 +1,9 @@
 /**
  * One method at a time, warm: N back-to-back hand-offs of `dmabuf-channel`, then N bare
- * BufferChannel hops, then N hand-offs again, between the same two processes. For each phase:
+ * BufferChannel hops, then N hand-offs again, between the same two processes; then the same
+ * hand-offs from the same exporter to a minimal receiver with no framework
+ * (`receivers/minimal.ts`), which shows what this package's receive path costs over the least a
+ * JavaScript receiver must do. For each phase:
  * the median one-way time, and per hand-off the CPU time, voluntary context switches and page
  * faults of the receiver's main thread and of this (the exporter's) main thread, read from
  * `/proc`. Unlike the hand-off case, nothing else runs in between, so the receiver never goes
@@ -51,15 +54,26 @@ for (let i = 0; i < 50; i++) {
   await bare.once('ends');
 }
 console.log(`${n} hand-offs of ${fmtSize(size)} per phase, one method at a time (receiver pid ${host.pid})`);
-const phases: [string, Method][] = [['dmabuf-channel', handoff], ['bare hop', bare], ['dmabuf-channel', handoff]];
-for (const [name, method] of phases) {
-  const r0 = snapshot(host.pid);
+const minimalHost = new ChannelHost('minimal');
+const minimal = new DmabufChannelMethod(minimalHost);
+await minimal.start();
+await minimal.prepare(size);
+for (let i = 0; i < 50; i++) await minimal.once('ends');
+const phases: [string, Method, ChannelHost][] = [
+  ['dmabuf-channel', handoff, host],
+  ['bare hop', bare, host],
+  ['dmabuf-channel', handoff, host],
+  ['minimal receiver', minimal, minimalHost],
+];
+for (const [name, method, receiverHost] of phases) {
+  const r0 = snapshot(receiverHost.pid);
   const s0 = snapshot(process.pid);
   const oneWay: number[] = [];
   for (let i = 0; i < n; i++) oneWay.push((await method.once('ends')).oneWayNs);
-  const r1 = snapshot(host.pid);
+  const r1 = snapshot(receiverHost.pid);
   const s1 = snapshot(process.pid);
-  console.log(`${name.padEnd(15)} one-way ${fmtTime(stats(oneWay).median).padStart(8)} | receiver main thread: ${perOp(r0, r1, n)} | exporter main thread (with allocating and freeing): ${perOp(s0, s1, n)}`);
+  console.log(`${name.padEnd(16)} one-way ${fmtTime(stats(oneWay).median).padStart(8)} | receiver main thread: ${perOp(r0, r1, n)} | exporter main thread (with allocating and freeing): ${perOp(s0, s1, n)}`);
 }
+await minimal.close();
 await handoff.close();
 await bare.close();

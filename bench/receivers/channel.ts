@@ -13,7 +13,7 @@
  */
 import { BufferChannel, CpuDevice, DmaBufError } from '../../src/index.js';
 import { native } from '../../src/native/binding.js';
-import { Packets, observeGc, readAndRelease } from './wire.js';
+import { Packets, observeGc, readAndRelease, serveControl } from './wire.js';
 
 const handoffs = BufferChannel.fromFd(3);
 const bare = BufferChannel.fromFd(4);
@@ -63,14 +63,6 @@ async function serveBare(): Promise<void> {
   }
 }
 
-control.listen((msg) => {
-  if (msg.op === 'stats') {
-    const u = process.cpuUsage();
-    control.send({ ok: true, cpuNs: (u.user + u.system) * 1e3, gc });
-  } else if (msg.op === 'eof') {
-    process.exit(0);
-  }
-});
 void serveHandoffs();
 void serveBare();
-control.send({ ok: true, ready: true, pid: process.pid });
+serveControl(control, gc);

@@ -239,6 +239,22 @@ export function observeGc(): GcCount {
   return gc;
 }
 
+/**
+ * The control socket of a child receiver: answers `{ op: 'stats' }` with the process's CPU
+ * time (ns, every thread) and `gc`, exits at end-of-file, and says it is ready.
+ */
+export function serveControl(control: Packets, gc: GcCount): void {
+  control.listen((msg) => {
+    if (msg.op === 'stats') {
+      const u = process.cpuUsage();
+      control.send({ ok: true, cpuNs: (u.user + u.system) * 1e3, gc });
+    } else if (msg.op === 'eof') {
+      process.exit(0);
+    }
+  });
+  control.send({ ok: true, ready: true, pid: process.pid });
+}
+
 /** What a receiver of a mapped hand-off measured and read, then released. */
 export interface ReadAndReleased {
   first: number;
