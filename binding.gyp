@@ -4,7 +4,7 @@
   "targets": [
     {
       "target_name": "dmabuf",
-      "sources": ["native/binding.c", "native/sys.c", "native/diag.c", "native/kernel.c", "native/kernel_binding.c", "native/sync.c", "native/sync_binding.c"],
+      "sources": ["native/binding.c", "native/throw.c", "native/sys.c", "native/diag.c", "native/kernel.c", "native/kernel_binding.c", "native/sync.c", "native/sync_binding.c"],
       "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
       "cflags_c": ["-std=gnu11"],

@@ -32,6 +32,7 @@
 #include <uv.h>
 
 #include "sys.h"
+#include "throw.h"
 #include "diag.h"
 #include "views.h"
 #include "sync_binding.h"
@@ -66,38 +67,6 @@ static int exception_pending(napi_env env) {
   bool pending = false;
   napi_is_exception_pending(env, &pending);
   return pending;
-}
-
-/* Throws Error(message) with code = errno name, errno = err and, if given, syscall. */
-static void throw_error(napi_env env, int err, const char *syscall, const char *message) {
-  if (exception_pending(env)) return;
-  char namebuf[24];
-  const char *name = sys_errname(err, namebuf, sizeof(namebuf));
-  napi_value code, msg, error, errnum, sc;
-  if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code) != napi_ok ||
-      napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg) != napi_ok ||
-      napi_create_error(env, code, msg, &error) != napi_ok ||
-      napi_create_int32(env, err, &errnum) != napi_ok ||
-      napi_set_named_property(env, error, "errno", errnum) != napi_ok) {
-    return;
-  }
-  if (syscall != NULL) {
-    if (napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc) != napi_ok ||
-        napi_set_named_property(env, error, "syscall", sc) != napi_ok) {
-      return;
-    }
-  }
-  napi_throw(env, error);
-}
-
-/* A failed system call: err is a positive errno. Returns NULL for `return throw_...`. */
-static napi_value throw_errno(napi_env env, const char *syscall, int err) {
-  char descbuf[128], namebuf[24], message[256];
-  const char *desc = sys_strerror(err, descbuf, sizeof(descbuf));
-  const char *name = sys_errname(err, namebuf, sizeof(namebuf));
-  snprintf(message, sizeof(message), "%s: %s (%s)", syscall, desc, name);
-  throw_error(env, err, syscall, message);
-  return NULL;
 }
 
 /* A failure that is not a system call's (a closed handle, ...): code and errno only. */

@@ -19,6 +19,7 @@
 
 #include "kernel.h"
 #include "sys.h"
+#include "throw.h"
 
 #define CHECK(call)                                                 \
   do {                                                              \
@@ -30,24 +31,10 @@
     }                                                               \
   } while (0)
 
+/* A failed ioctl; the kernel's ENOTSUPP (524) has no strerror text of its own. */
 static napi_value fail_errno(napi_env env, const char *syscall, int err) {
-  char descbuf[128], namebuf[24], message[256];
-  const char *name = sys_errname(err, namebuf, sizeof(namebuf));
-  const char *desc = err == KERNEL_ENOTSUPP ? "Operation not supported by the driver (ENOTSUPP)"
-                                            : sys_strerror(err, descbuf, sizeof(descbuf));
-  snprintf(message, sizeof(message), "%s: %s (%s)", syscall, desc, name);
-  napi_value code, msg, error, errnum, sc;
-  if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code) != napi_ok ||
-      napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg) != napi_ok ||
-      napi_create_error(env, code, msg, &error) != napi_ok ||
-      napi_create_int32(env, err, &errnum) != napi_ok ||
-      napi_set_named_property(env, error, "errno", errnum) != napi_ok ||
-      napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc) != napi_ok ||
-      napi_set_named_property(env, error, "syscall", sc) != napi_ok) {
-    return NULL;
-  }
-  napi_throw(env, error);
-  return NULL;
+  return throw_errno_desc(env, syscall, err,
+                          err == KERNEL_ENOTSUPP ? "Operation not supported by the driver (ENOTSUPP)" : NULL);
 }
 
 static napi_value fail_arg(napi_env env, const char *what) {

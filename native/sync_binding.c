@@ -5,7 +5,6 @@
  * argument throws a TypeError or RangeError with code "EINVAL". Context-aware, no state.
  */
 #include <limits.h>
-#include <stdio.h>
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
@@ -13,25 +12,7 @@
 #include "sync.h"
 #include "sync_binding.h"
 #include "sys.h"
-
-/* Throws the failure of `syscall` (err > 0) as binding.c does; returns NULL. */
-static napi_value sync_throw(napi_env env, const char *syscall, int err) {
-  char desc[128], name[24], text[256];
-  const char *errname = sys_errname(err, name, sizeof(name));
-  snprintf(text, sizeof(text), "%s: %s (%s)", syscall, sys_strerror(err, desc, sizeof(desc)),
-           errname);
-  napi_value code, message, error, errnum, sc;
-  if (napi_create_string_utf8(env, errname, NAPI_AUTO_LENGTH, &code) == napi_ok &&
-      napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message) == napi_ok &&
-      napi_create_error(env, code, message, &error) == napi_ok &&
-      napi_create_int32(env, err, &errnum) == napi_ok &&
-      napi_set_named_property(env, error, "errno", errnum) == napi_ok &&
-      napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc) == napi_ok &&
-      napi_set_named_property(env, error, "syscall", sc) == napi_ok) {
-    napi_throw(env, error);
-  }
-  return NULL;
-}
+#include "throw.h"
 
 /* The first `n` arguments; returns 0, or -1 with an exception pending. */
 static int sync_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv) {
@@ -70,7 +51,7 @@ static napi_value js_pipe(napi_env env, napi_callback_info info) {
   (void)info;
   int fds[2];
   int r = sync_pipe(fds);
-  if (r < 0) return sync_throw(env, "pipe2", -r);
+  if (r < 0) return throw_errno(env, "pipe2", -r);
   napi_value pair, a, b;
   if (napi_create_array_with_length(env, 2, &pair) != napi_ok ||
       napi_create_int32(env, fds[0], &a) != napi_ok ||
@@ -103,7 +84,7 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
     return NULL;
   }
   ssize_t r = sync_write(fd, data, length);
-  if (r < 0) return sync_throw(env, "write", (int)-r);
+  if (r < 0) return throw_errno(env, "write", (int)-r);
   return sync_number(env, (double)r);
 }
 
@@ -114,7 +95,7 @@ static napi_value ask_fd(napi_env env, napi_callback_info info, int (*fn)(int),
   int fd;
   if (sync_args(env, info, 1, argv) != 0 || sync_fd(env, argv[0], &fd) != 0) return NULL;
   int r = fn(fd);
-  if (r < 0) return sync_throw(env, syscall, -r);
+  if (r < 0) return throw_errno(env, syscall, -r);
   return sync_number(env, r);
 }
 

@@ -166,19 +166,9 @@ export class Connection {
     try {
       data = notes.length === 1 ? encode(notes[0]![0], 0, notes[0]![1]) : encode(MsgType.BATCH, 0, { messages: notes });
     } catch {
-      // Cannot happen (a notification is small); never lose the others for it.
-      for (const [type, body] of notes) this.#sendEncoded(type, body);
-      return;
+      return; // cannot happen: MAX_BATCH notifications of a few numbers each are far below MAX_MESSAGE
     }
     this.#sendData(data, []).catch(() => {});
-  }
-
-  #sendEncoded(type: MsgTypeValue, body: Record<string, unknown>): void {
-    try {
-      this.#sendData(encode(type, 0, body), []).catch(() => {});
-    } catch {
-      // dropped: too large to send
-    }
   }
 
   /** Sends an encoded message now or queues it (with copies of `fds`) behind the queue. */
