@@ -79,7 +79,7 @@ export class Connection {
   #closeReason: DmaBufError | null = null;
   /** Messages rejected as malformed (for tests and introspection). */
   badMessages = 0;
-  /** Notifications not sent yet (see {@link notify}), and whether a promise job will send them. */
+  /** Notifications not sent yet (see {@link notify}), and whether the end of the turn will send them. */
   #notes: [MsgTypeValue, Record<string, unknown>][] = [];
   #notesQueued = false;
 
@@ -136,23 +136,28 @@ export class Connection {
   }
 
   /**
-   * Sends a notification (id 0, never answered) in order with every other message, as soon as
-   * the code that made it yields (a promise job later): the notifications made in one go (the
-   * unmap and detach that give back a map made ahead, the detaches of a put) leave as one
-   * BATCH record, one system call and one wake-up of the peer. Waiting longer (to the end of
-   * the event loop's turn, say) would batch more, but a message the program sends meanwhile
-   * on another socket would then wake the peer first and the batch a second time, which costs
-   * more than it saves. Never throws and never waits; nothing is sent once the connection is
-   * closed.
+   * Sends a notification (id 0, never answered) in order with every other message. Pending
+   * notifications leave together, as one BATCH record (one system call, one wake-up of the
+   * peer), at the first of:
+   * - a notification that ends a holder's use of a buffer (`last`: the importer's PUT), sent
+   *   at once with those before it, so that unmap, detach and put leave as one record before
+   *   anything the program sends next (an acknowledgement to the producer on another socket,
+   *   which would otherwise wake the peer first and the batch a second time);
+   * - a request or a reply on this connection (they leave first, keeping the order of calls);
+   * - the end of the event loop's turn (`setImmediate`), for notifications no PUT follows;
+   * - `MAX_BATCH` pending notifications.
+   * Never throws and never waits; nothing is sent once the connection is closed.
    */
-  notify(type: MsgTypeValue, body: Record<string, unknown>): void {
+  notify(type: MsgTypeValue, body: Record<string, unknown>, last = false): void {
     if (this.#closed) return;
     this.#notes.push([type, body]);
-    if (this.#notes.length >= MAX_BATCH) {
+    if (last || this.#notes.length >= MAX_BATCH) {
       this.#flushNotes();
     } else if (!this.#notesQueued) {
       this.#notesQueued = true;
-      queueMicrotask(() => this.#flushNotes());
+      setImmediate(() => {
+        if (this.#notesQueued) this.#flushNotes();
+      });
     }
   }
 

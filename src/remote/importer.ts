@@ -94,11 +94,12 @@ interface Prefetched {
 }
 
 /**
- * Tells the exporter something it does not answer (id 0): in order, never waiting; those of
- * one turn of the event loop leave together (see `Connection.notify`).
+ * Tells the exporter something it does not answer (id 0): in order, never waiting. Pending
+ * ones leave together at a PUT, before the next request, or at the end of the event loop's
+ * turn (see `Connection.notify`).
  */
 function notify(channel: ImportChannel, type: (typeof MsgType)[keyof typeof MsgType], body: Record<string, unknown>): void {
-  channel.conn.notify(type, body);
+  channel.conn.notify(type, body, type === MsgType.PUT);
 }
 
 /** Whether a table made ahead meets `device`'s constraints (so the device may take it). */

@@ -43,6 +43,13 @@ const lines = rl[Symbol.asyncIterator]();
 const step = async () => (await lines.next()).value;
 `;
 
+/** Ends a child started with {@link STEP} (its stdin closes) and checks that it exited well. */
+async function ended(child: ReturnType<typeof startChild>, done: ReturnType<typeof finish>): Promise<void> {
+  child.stdin!.end();
+  const r = await done;
+  assert.equal(r.code, 0, r.stderr);
+}
+
 test('a receiver that takes only the descriptor gives the map made ahead back: unmap, detach and put in one record (a BATCH)', async () => {
   const buf = await filled(1 << 16, 0x33, 'declined');
   const [ch, theirs] = BufferChannel.pair();
@@ -67,12 +74,46 @@ test('a receiver that takes only the descriptor gives the map made ahead back: u
     assert.equal(served.records, 1, 'the unmap, detach and put of the declined offer left together');
     await waitFor(() => buf.mapCount === 0 && buf.attachments.length === 0, 5000, 'the undo');
   } finally {
-    child.stdin!.end();
-    const r = await done;
-    assert.equal(r.code, 0, r.stderr);
+    await ended(child, done);
     ch.close();
     buf.put();
   }
+});
+
+test('an unmap or a detach that no put follows still reaches the exporter, at the end of the turn', async () => {
+  const buf = await filled(1 << 16, 0x21, 'no-put');
+  const [ch, theirs] = BufferChannel.pair();
+  const child = startChild(`${STEP}
+    const ch = m.BufferChannel.fromFd(3);
+    const { buffer, attachment, sgt } = await ch.receive({ map: { device: new m.CpuDevice(), direction: 'to-device' } });
+    await attachment.unmap(sgt);
+    out({ unmapped: true });
+    await step();
+    await attachment.detach();
+    out({ detached: true });
+    await step();
+    buffer.put();
+    ch.close();
+  `, [theirs]);
+  closeSync(theirs);
+  const done = finish(child);
+  const before = tokens();
+  try {
+    await ch.send(buf, {});
+    await nextLine(child, (v) => 'unmapped' in v);
+    await waitFor(() => buf.mapCount === 0, 5000, 'the unmap, alone');
+    assert.equal(buf.attachments.length, 1, 'the receiver still holds its attachment');
+    child.stdin!.write('go\n');
+    await nextLine(child, (v) => 'detached' in v);
+    await waitFor(() => buf.attachments.length === 0, 5000, 'the detach, alone');
+    assert.equal(newChannel(before)?.records, 2, 'each left on its own, without waiting for a put');
+    child.stdin!.write('go\n');
+  } finally {
+    await ended(child, done);
+    ch.close();
+  }
+  buf.put();
+  await waitFor(() => buf.released, 5000, 'release');
 });
 
 test('a first hand-off to another process is one message: mapped with no request to the exporter; unmap, detach and put are notifications', async () => {
@@ -107,11 +148,10 @@ test('a first hand-off to another process is one message: mapped with no request
     assert.deepEqual(await nextLine(child, (v) => 'done' in v), { done: true, stale: 0 });
     await waitFor(() => buf.mapCount === 0 && buf.attachments.length === 0 && newChannel(before)?.notifications === 3, 5000, 'the notifications');
     assert.equal(newChannel(before)?.requests, 0, 'still no request: unmap, detach and put did not wait');
+    assert.equal(newChannel(before)?.records, 1, 'unmap, detach and put left as one record, sent at the put');
 
   } finally {
-    child.stdin!.end();
-    const r = await done;
-    assert.equal(r.code, 0, r.stderr);
+    await ended(child, done);
     ch.close();
     buf.put();
   }
