@@ -15,7 +15,7 @@ import type { CpuAccess, DmaBufOps, OpContext } from './ops.js';
 import { checkCpuAccess, checkFenceAccess, parseCpuAccessOptions, waitForCpuAccess, withTimeout, type CpuAccessEndOptions, type CpuAccessOptions, type FenceAccess } from './cpu-access.js';
 import { DmaResv } from '../sync/resv.js';
 import type { Reservation } from '../sync/reservation.js';
-import { kAttachRemote, kExportedHere, kMaps, kOnRelease, kSetDetached } from './internal.js';
+import { kAdoptMapped, kAttachRemote, kExportedHere, kMaps, kOnRelease, kSetDetached } from './internal.js';
 import { warnExperimental } from './experimental.js';
 import * as registry from './registry.js';
 import { native, assertAvailable } from '../native/binding.js';
@@ -448,6 +448,34 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     };
     live();
     return this.#attach(device, live);
+  }
+
+  /**
+   * @internal For the buffer's ops, on a buffer object nobody else holds yet: records an
+   * attachment of `device` whose `ops.attach` already ran (its private data `priv`) and a map
+   * of it in `direction` whose `ops.mapDmaBuf` already returned `sgt`, as `attach` and `map`
+   * would. Synchronous; the buffer's lock must be free.
+   *
+   * @throws {DmaBufError} `EINVAL` when the buffer is released or its lock is held; what
+   *   `map` checks of the direction.
+   */
+  [kAdoptMapped](device: Device, direction: DmaDirection, priv: unknown, sgt: SgTable): DmaBufAttachment<Priv> {
+    const op = 'map';
+    checkDevice('attach', device);
+    checkMapDirection(op, direction);
+    if (this.#released || this.#lock.held || !(sgt instanceof SgTable)) {
+      throw new DmaBufError('EINVAL', `${op}: cannot record a map made ahead on a buffer that is released, busy or given no table`, { op });
+    }
+    if (isWritableDirection(direction) && this.readOnly) {
+      throw new DmaBufError('EACCES', `${op}: buffer "${this.#name}" is read-only; map it 'to-device' to read it`, { op });
+    }
+    const attachment = new DmaBufAttachment<Priv>(this, device, this.#owner);
+    attachment.priv = priv;
+    this.#attachments.add(attachment);
+    attachment[kMaps].set(sgt, direction);
+    this.#mapCount += 1;
+    if (isWritableDirection(direction)) this.#writableMapCount += 1;
+    return attachment;
   }
 
   /** @internal Whether this thread exported the buffer (and answers its importers). */

@@ -16,3 +16,8 @@ export const kAttachRemote = Symbol('dmabuf.attachRemote');
 export const kOnRelease = Symbol('dmabuf.onRelease');
 /** Whether the buffer was exported by this thread (its service end is read here). */
 export const kExportedHere = Symbol('dmabuf.exportedHere');
+/**
+ * Records an attach and a map that the buffer's own ops made before the buffer object was
+ * handed to anyone (an importer adopting a map its exporter made ahead): synchronous.
+ */
+export const kAdoptMapped = Symbol('dmabuf.adoptMapped');

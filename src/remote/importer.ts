@@ -17,11 +17,12 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DmaBuf, O_RDONLY, O_RDWR, O_CLOEXEC, attachMapped, kCreateImported, kReacquire, type GetOptions } from '../core/dma-buf.js';
+import { kAdoptMapped } from '../core/internal.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
 import type { CpuAccess, CpuAccessContext, DmaBufOps, OpContext } from '../core/ops.js';
-import type { Device, DeviceMapping } from '../core/device.js';
+import { Device, type DeviceMapping } from '../core/device.js';
 import type { MemoryObject } from '../core/memory.js';
-import { isWritableDirection, type DmaDirection } from '../core/direction.js';
+import { DIRECTIONS, isWritableDirection, type DmaDirection } from '../core/direction.js';
 import type { ForeignDescriptor, Prefetch } from '../core/hooks.js';
 import { DmaBufError } from '../core/errors.js';
 import { SgTable } from '../core/sg-table.js';
@@ -231,19 +232,105 @@ function dropPrefetched(priv: ImportedPriv): void {
 }
 
 function undoPrefetched(channel: ImportChannel, p: Prefetched): void {
-  if (p.reply) {
-    closeAll(p.reply.fds);
-    const map = p.reply.msg.body.map;
-    if (typeof map === 'number') notify(channel, MsgType.UNMAP, { map });
-  }
+  if (p.reply) undoMap(channel, p.reply);
   notify(channel, MsgType.DETACH, { attachment: p.attachment });
+}
+
+/** An exporter's map as this process holds it: the table, its mapping and memory, the map's id. */
+interface ImportedMap {
+  sgt: SgTable;
+  mapping: DeviceMapping;
+  memory: RemoteMemory;
+  /** The exporter's id of the map on the channel. */
+  map: number;
+}
+
+/** Whether an attach made ahead serves `device`: made for it, or for any device its table fits. */
+function deviceFits(pre: Prefetched, device: Device): boolean {
+  return pre.device === device || (pre.device === null && pre.reply !== null && tableFits(device, pre.reply.msg.body));
+}
+
+/** Whether a map made ahead serves a map in `direction` (its access allows it). */
+function directionFits(pre: Prefetched, direction: DmaDirection): boolean {
+  return pre.direction === direction || pre.reply?.msg.body.access === 'write' || !isWritableDirection(direction);
+}
+
+/** Gives the exporter's map of a reply back: its memfd closed, an UNMAP sent. */
+function undoMap(channel: ImportChannel, r: Reply): void {
+  closeAll(r.fds);
+  const map = r.msg.body.map;
+  if (typeof map === 'number') notify(channel, MsgType.UNMAP, { map });
+}
+
+/**
+ * Turns the exporter's answer to a map (or a map made ahead) into a table of `device`: checks
+ * the answer against the device's constraints, verifies the memfd (sealed, large enough)
+ * before mapping it, maps it, closes it. Synchronous when the device maps synchronously (a
+ * CPU). Takes the reply's descriptor over; on failure undoes what it made here (the caller
+ * gives the exporter's map back).
+ */
+function mapReply(buf: DmaBuf<ImportedPriv>, device: Device, direction: DmaDirection, reply: Reply, signal: AbortSignal | undefined): ImportedMap | Promise<ImportedMap> {
+  const body = reply.msg.body;
+  if (reply.fds.length !== 1) throw new DmaBufError('EPROTO', `protocol: a map reply must carry exactly one descriptor, got ${reply.fds.length}`, { op: 'map' });
+  const mapId = field.uint(body, 'map', 0xffffffff);
+  const mem = body.memory;
+  if (typeof mem !== 'object' || mem === null) throw new DmaBufError('EPROTO', 'protocol: field "memory" must be an object', { op: 'map' });
+  const m = mem as Record<string, unknown>;
+  const size = field.uint(m, 'size');
+  const pageSize = field.uint(m, 'pageSize');
+  const writeSealed = field.bool(m, 'writeSealed');
+  const access = field.oneOf(body, 'access', ['read', 'write'] as const);
+  const c = device.constraints;
+  if (!tableFits(device, body)) {
+    throw new DmaBufError('EPROTO', `map: the exporter's table breaks the constraints of device "${device.name}" (segments must start on ${Math.max(c.segmentAlignment, c.pageSize)}-byte boundaries, be at most ${c.maxSegmentSize} bytes and at most ${c.maxSegments} of them, on pages of at least ${c.pageSize} bytes)`, { op: 'map' });
+  }
+  const segments = fromRuns(body.segments, buf.size, c.maxSegments);
+  const last = segments[segments.length - 1];
+  verifyMemory(reply.fds[0]!, size, pageSize, buf.readOnly || writeSealed, last ? last.offset + last.length : 0);
+  const memory = new RemoteMemory(reply.fds[0]!, size, pageSize, writeSealed);
+  reply.fds.length = 0;
+  const writable = access === 'write' && !writeSealed && isWritableDirection(direction);
+  const made = (mapping: DeviceMapping): ImportedMap => {
+    try {
+      memory.closeFd();
+      const entries = new Array<{ offset: number; length: number; address?: bigint; view?: Uint8Array }>(segments.length);
+      for (let i = 0; i < segments.length; i++) {
+        const { offset, length } = segments[i]!;
+        const entry: { offset: number; length: number; address?: bigint; view?: Uint8Array } = { offset, length };
+        if (mapping.address !== undefined) entry.address = mapping.address + BigInt(offset);
+        if (mapping.view) entry.view = mapping.view(offset, length);
+        entries[i] = entry;
+      }
+      return { sgt: new SgTable(entries), mapping, memory, map: mapId };
+    } catch (err) {
+      mapping.release();
+      memory.invalidate();
+      throw err;
+    }
+  };
+  let mapping: ReturnType<Device['mapMemory']>;
+  try {
+    mapping = device.mapMemory({ memory, access: writable ? 'write' : 'read', signal });
+  } catch (err) {
+    memory.invalidate();
+    throw err;
+  }
+  if (!isPromise(mapping)) return made(mapping);
+  return mapping.then(made, (err: unknown) => {
+    memory.invalidate();
+    throw err;
+  });
+}
+
+function isPromise<T>(v: T | Promise<T>): v is Promise<T> {
+  return typeof (v as { then?: unknown } | null)?.then === 'function';
 }
 
 const importOps: DmaBufOps<ImportedPriv> = {
   async attach(buf, device, attachment) {
     const { channel, handle } = buf.priv;
     const pre = buf.priv.prefetched;
-    if (pre && (pre.device === device || (pre.device === null && pre.reply !== null && tableFits(device, pre.reply.msg.body)))) {
+    if (pre && deviceFits(pre, device)) {
       // Attached along with the HELLO or the hand-off: nothing to ask.
       pre.device = device;
       attachment.priv = pre.attachment;
@@ -270,65 +357,30 @@ const importOps: DmaBufOps<ImportedPriv> = {
   async mapDmaBuf(attachment: DmaBufAttachment<ImportedPriv>, direction: DmaDirection, ctx: OpContext): Promise<SgTable> {
     const buf = attachment.dmabuf;
     const { channel } = buf.priv;
-    const undo = (r: Reply): void => {
-      closeAll(r.fds);
-      const map = r.msg.body.map;
-      if (typeof map === 'number') channel.conn.sendAndForget(MsgType.UNMAP, { map });
-    };
     let reply: Reply;
     const pre = buf.priv.prefetched;
-    const preAccess = pre?.reply?.msg.body.access;
-    if (pre && pre.reply && pre.attachment === attachment.priv && (pre.direction === direction || preAccess === 'write' || !isWritableDirection(direction))) {
+    if (pre && pre.reply && pre.attachment === attachment.priv && directionFits(pre, direction)) {
       // Mapped along with the HELLO: the answer is here already.
       reply = pre.reply;
       buf.priv.prefetched = undefined;
     } else try {
-      reply = await request('map', channel, MsgType.MAP, { attachment: attachment.priv, direction }, { signal: ctx.signal, onLateReply: undo });
+      reply = await request('map', channel, MsgType.MAP, { attachment: attachment.priv, direction }, { signal: ctx.signal, onLateReply: (r) => undoMap(channel, r) });
     } catch (err) {
       // The exporter mapped, but its answer lost the memfd (this process is out of
       // descriptors): undo the map there, so that it does not stall migrations and seals.
       const lost = lostReply(err);
-      if (lost && lost.type === MsgType.REPLY) undo({ msg: lost, fds: [] });
+      if (lost && lost.type === MsgType.REPLY) undoMap(channel, { msg: lost, fds: [] });
       throw err;
     }
-    let memory: RemoteMemory | undefined;
-    let mapping: DeviceMapping | undefined;
+    let made: ImportedMap;
     try {
-      const body = reply.msg.body;
-      if (reply.fds.length !== 1) throw new DmaBufError('EPROTO', `protocol: a map reply must carry exactly one descriptor, got ${reply.fds.length}`, { op: 'map' });
-      const mapId = field.uint(body, 'map', 0xffffffff);
-      const mem = body.memory;
-      if (typeof mem !== 'object' || mem === null) throw new DmaBufError('EPROTO', 'protocol: field "memory" must be an object', { op: 'map' });
-      const m = mem as Record<string, unknown>;
-      const size = field.uint(m, 'size');
-      const pageSize = field.uint(m, 'pageSize');
-      const writeSealed = field.bool(m, 'writeSealed');
-      const access = field.oneOf(body, 'access', ['read', 'write'] as const);
-      if (!tableFits(attachment.device, body)) {
-        throw new DmaBufError('EPROTO', `map: the exporter's table breaks the constraints of device "${attachment.device.name}" (segments must start on ${Math.max(attachment.device.constraints.segmentAlignment, attachment.device.constraints.pageSize)}-byte boundaries, be at most ${attachment.device.constraints.maxSegmentSize} bytes and at most ${attachment.device.constraints.maxSegments} of them, on pages of at least ${attachment.device.constraints.pageSize} bytes)`, { op: 'map' });
-      }
-      const segments = fromRuns(body.segments, buf.size, attachment.device.constraints.maxSegments);
-      const end = segments.length ? segments[segments.length - 1]!.offset + segments[segments.length - 1]!.length : 0;
-      verifyMemory(reply.fds[0]!, size, pageSize, buf.readOnly || writeSealed, end);
-      memory = new RemoteMemory(reply.fds[0]!, size, pageSize, writeSealed);
-      reply.fds.length = 0;
-      const writable = access === 'write' && !writeSealed && isWritableDirection(direction);
-      mapping = await attachment.device.mapMemory({ memory, access: writable ? 'write' : 'read', signal: ctx.signal });
-      memory.closeFd();
-      const sgt = new SgTable(segments.map(({ offset, length }) => ({
-        offset,
-        length,
-        ...(mapping!.address !== undefined ? { address: mapping!.address + BigInt(offset) } : {}),
-        ...(mapping!.view ? { view: mapping!.view(offset, length) } : {}),
-      })));
-      buf.priv.maps.set(sgt, { mapping, memory, map: mapId });
-      return sgt;
+      made = await mapReply(buf, attachment.device, direction, reply, ctx.signal);
     } catch (err) {
-      mapping?.release();
-      memory?.invalidate();
-      undo(reply);
+      undoMap(channel, reply);
       throw err;
     }
+    buf.priv.maps.set(made.sgt, made);
+    return made.sgt;
   },
 
   async unmapDmaBuf(attachment: DmaBufAttachment<ImportedPriv>, sgt: SgTable) {
@@ -630,6 +682,7 @@ export function isImported(buf: DmaBuf): boolean {
 interface CheckedOffer {
   w: ReturnType<typeof checkWelcome>;
   channel: ImportChannel;
+  /** The attach and map made ahead, until something takes them over. */
   pre: Prefetched | undefined;
 }
 
@@ -693,8 +746,15 @@ function checkOffer(d: HandoffDelivery): CheckedOffer | null {
 export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffMap | undefined; signal?: AbortSignal | undefined } = {}): Promise<AdoptedHandoff> {
   let file = d.file;
   try {
-    const buffer = await adoptFile(d, options.signal, () => { file = -1; });
     const want = options.map;
+    const offer = checkOffer(d);
+    if (offer && want) {
+      // The usual case: a buffer new to this thread, with a map made ahead that the device
+      // may take. Adopted, attached and mapped in one go, with no promise in between.
+      const now = adoptMappedNow(d, offer, want, () => { file = -1; });
+      if (now) return await now;
+    }
+    const buffer = await adoptFile(d, offer, options.signal, () => { file = -1; });
     if (!want) {
       // Nobody asked for the map made ahead: give it back now rather than stall the exporter.
       if (isImported(buffer)) dropPrefetched(buffer.priv as ImportedPriv);
@@ -712,9 +772,60 @@ export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffM
   }
 }
 
+/**
+ * The buffer of a checked offer, attached and mapped with the map made ahead, when that
+ * needs nothing asynchronous: the buffer is new to this thread (no import of it is live or
+ * in flight), the offer carries a map made ahead that `want` may take (its table fits the
+ * device, its access the direction), and the device maps synchronously. Returns null when
+ * any of that does not hold, having consumed nothing; calls `took()` once the buffer took
+ * `d.file` over. On failure the buffer is put and the exporter's attach and map undone.
+ */
+function adoptMappedNow(d: HandoffDelivery, offer: CheckedOffer, want: HandoffMap, took: () => void): AdoptedHandoff | Promise<AdoptedHandoff> | null {
+  const { w, channel, pre } = offer;
+  const { device, direction } = want;
+  if (!pre?.reply || !(device instanceof Device) || !DIRECTIONS.includes(direction) || direction === 'none') return null;
+  if (!deviceFits(pre, device) || !directionFits(pre, direction)) return null;
+  const readOnly = (w.flags & 3) === O_RDONLY || w.sealed;
+  if (readOnly && isWritableDirection(direction)) return null;
+  const key = d.key ?? fileKey(d.file);
+  if (inFlight.has(key) || lookupLive(key)) return null;
+  offer.pre = undefined;
+  let buffer: DmaBuf<ImportedPriv>;
+  try {
+    buffer = createImported(d.file, key, w, channel, undefined, true) as DmaBuf<ImportedPriv>;
+  } catch (err) {
+    undoPrefetched(channel, pre);
+    throw err;
+  }
+  took();
+  const fail = (err: unknown): never => {
+    undoPrefetched(channel, pre);
+    buffer.put();
+    throw err;
+  };
+  const adopt = (made: ImportedMap): AdoptedHandoff => {
+    let attachment: DmaBufAttachment;
+    try {
+      attachment = buffer[kAdoptMapped](device, direction, pre.attachment, made.sgt);
+    } catch (err) {
+      made.mapping.release();
+      made.memory.invalidate();
+      return fail(err);
+    }
+    buffer.priv.maps.set(made.sgt, made);
+    return { buffer, attachment, sgt: made.sgt };
+  };
+  let made: ImportedMap | Promise<ImportedMap>;
+  try {
+    made = mapReply(buffer, device, direction, pre.reply, undefined);
+  } catch (err) {
+    return fail(err);
+  }
+  return isPromise(made) ? made.then(adopt, fail) : adopt(made);
+}
+
 /** The buffer object of a hand-off; calls `took()` when the object took `d.file` over. */
-async function adoptFile(d: HandoffDelivery, signal: AbortSignal | undefined, took: () => void): Promise<DmaBuf> {
-  const offer = checkOffer(d);
+async function adoptFile(d: HandoffDelivery, offer: CheckedOffer | null, signal: AbortSignal | undefined, took: () => void): Promise<DmaBuf> {
   const getOptions = signal ? { signal } : {};
   let buffer: DmaBuf;
   if (!offer) {

@@ -4,10 +4,11 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync } from 'node:fs';
+import { closeSync, readdirSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BufferChannel, CpuDevice, DmaBuf, postBuffer, systemHeap } from '../../src/index.js';
+import { BufferChannel, CpuDevice, DmaBuf, DmaBufError, postBuffer, systemHeap } from '../../src/index.js';
+import { MsgType } from '../../src/remote/protocol.js';
 import { serviceChannels } from '../../src/remote/service.js';
 import { encodeHandoffMessage } from '../../src/transport/channel-wire.js';
 import { native } from '../../src/native/binding.js';
@@ -350,6 +351,51 @@ test('a forged hand-off from a holder that is not the exporter is not trusted: t
     buf.put();
   }
   void encodeHandoffMessage;
+});
+
+test('an exporter whose hand-off carries storage that is not sealed is refused: EPROTO, nothing mapped, and the attach and map made ahead are given back with the put in one record', async () => {
+  const [mine, theirs] = BufferChannel.pair();
+  // A hostile exporter: its own "buffer file", channel and an unsealed memfd, all made by it.
+  const hostile = startChild(`
+    const c = native.constants;
+    const [file, fileEnd] = native.socketpair(c.SOCK_SEQPACKET, false);
+    const [chan, chanEnd] = native.socketpair(c.SOCK_SEQPACKET, false);
+    const mem = native.memfdCreate('unsealed', 3);
+    native.ftruncate(mem, 65536);
+    const { encodeHandoffMessage } = await import(${JSON.stringify(new URL('../../src/transport/channel-wire.js', import.meta.url).href)});
+    const { decode, unbatch } = await import(${JSON.stringify(new URL('../../src/remote/protocol.js', import.meta.url).href)});
+    const body = { buffer: 7, size: 65536, flags: 2, name: 'unsealed', exporter: 'hostile', sealed: false, pid: process.pid, token: 'cd'.repeat(16), channel: true,
+      map: { attachment: 5, map: 6, segments: [[0, 65536, 1]], memory: { size: 65536, pageSize: 4096, writeSealed: false }, access: 'write' } };
+    native.sendmsg(3, Buffer.from(encodeHandoffMessage({ frame: 9 }, body)), [fileEnd, mem, chanEnd], 0);
+    native.close(fileEnd); native.close(chanEnd); native.close(mem);
+    const got = [];
+    for (let i = 0; i < 50 && got.length < 3; i++) {
+      const r = native.recvmsg(chan, 65536, 4, c.MSG_DONTWAIT, true);
+      if (r === null) { await new Promise((res) => setTimeout(res, 20)); continue; }
+      const msg = decode(r.data);
+      const list = msg.type === 16 ? unbatch(msg.body, () => true) : [msg];
+      got.push(...list.map((x) => [x.type, x.body]));
+      out({ record: list.length });
+    }
+    out({ got });
+    native.close(file);
+  `, [theirs]);
+  closeSync(theirs);
+  const fdsBefore = readdirSync('/proc/self/fd').length;
+  try {
+    await assert.rejects(mine.receive({ map: { device: new CpuDevice(), direction: 'to-device' } }), (err: unknown) => {
+      assert.ok(DmaBufError.is(err, 'EPROTO'), String(err));
+      assert.match((err as Error).message, /not sealed against shrinking and growing/);
+      return true;
+    });
+    const r = await finish(hostile);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.json.filter((v) => 'record' in v), [{ record: 3 }], 'one record');
+    assert.deepEqual(r.json.find((v) => 'got' in v)?.got, [[MsgType.UNMAP, { map: 6 }], [MsgType.DETACH, { attachment: 5 }], [MsgType.PUT, { buffer: 7, grants: 1 }]]);
+    await waitFor(() => readdirSync('/proc/self/fd').length <= fdsBefore, 5000, 'every descriptor of the refused hand-off closed');
+  } finally {
+    mine.close();
+  }
 });
 
 test('between threads: receiveBuffer(message, { map }) maps with no request to the exporter thread', async () => {
