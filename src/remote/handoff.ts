@@ -21,6 +21,7 @@ import { DmaBufError } from '../core/errors.js';
 import { kExportedHere } from '../core/internal.js';
 import { native } from '../native/binding.js';
 import { ServiceChannel, describe, type Answer } from './service.js';
+import { RemoteDevice } from './remote-device.js';
 
 /** The device a map made ahead is made for: a CPU with no constraint but 4 GiB views. */
 export const HANDOFF_DEVICE = Object.freeze({
@@ -52,6 +53,12 @@ export interface HandoffOffer {
   sent(): void;
   /** The message could not be sent: undoes the map and the attach. Idempotent. */
   failed(): void;
+}
+
+/** The device of a map made ahead for the receiver in process `pid`. */
+function handoffDevice(pid: number): RemoteDevice {
+  const { name, kind, ...constraints } = HANDOFF_DEVICE;
+  return new RemoteDevice({ name: `${name}@${pid}`, ...constraints }, kind, pid);
 }
 
 interface Route {
@@ -93,14 +100,14 @@ export async function offerHandoff(buf: DmaBuf, route: object, peerPid: number, 
   if (buf.ops.storageReady?.(buf) === true) {
     try {
       const direction = buf.readOnly ? 'to-device' : 'bidirectional';
-      ahead = await channel.prefetch(buf, { device: HANDOFF_DEVICE, direction });
+      ahead = await channel.mapAhead(buf, handoffDevice(channel.pid), direction);
     } catch {
       // Not fatal: the receiver asks for its attach and map itself.
       ahead = undefined;
     }
   }
   if (ahead) {
-    body.map = (ahead.body as { prefetch: unknown }).prefetch;
+    body.map = ahead.body;
     const memory = ahead.fds[0]!;
     fds.push(transport === 'thread' ? native.dup(memory, true) : memory);
   }

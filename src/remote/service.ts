@@ -116,13 +116,29 @@ export class ServiceChannel {
   async prefetch(buf: DmaBuf, wanted: unknown): Promise<Answer> {
     if (typeof wanted !== 'object' || wanted === null) throw new DmaBufError('EPROTO', 'protocol: field "prefetch" must be an object', { op: 'protocol' });
     const p = wanted as Record<string, unknown>;
-    const attached = await this.dispatch({ type: MsgType.ATTACH, id: 0, body: { buffer: buf.id, device: p.device } });
+    const device = this.#remoteDevice(p.device);
+    const direction = field.oneOf(p, 'direction', DIRECTIONS) as DmaDirection;
+    const ahead = await this.mapAhead(buf, device, direction);
+    return { ...ahead, body: { prefetch: ahead.body } };
+  }
+
+  /**
+   * An attach of `device` and a map in `direction` made ahead, for a HELLO that asked for
+   * them or for a hand-off: the body of the answer holds the attachment's id and what a MAP
+   * answers; undo gives both back.
+   *
+   * @throws {DmaBufError} `EPIPE` when the importer went away meanwhile (nothing is left);
+   *   what attach and map throw.
+   */
+  async mapAhead(buf: DmaBuf, device: RemoteDevice, direction: DmaDirection): Promise<Answer> {
+    const attached = await this.#attach(buf, device);
     if (!attached) throw new DmaBufError('EPIPE', 'the importer is gone', { op: 'attach' });
+    const attId = attached.body.attachment as number;
     try {
-      const mapped = await this.dispatch({ type: MsgType.MAP, id: 0, body: { attachment: attached.body.attachment, direction: p.direction } });
+      const mapped = await this.#map(attId, this.attachments.get(attId), direction);
       if (!mapped) throw new DmaBufError('EPIPE', 'the importer is gone', { op: 'map' });
       return {
-        body: { prefetch: { attachment: attached.body.attachment, ...mapped.body } },
+        body: { attachment: attId, ...mapped.body },
         fds: mapped.fds,
         undo: async () => { await mapped.undo?.(); await attached.undo?.(); },
       };
@@ -248,40 +264,8 @@ export class ServiceChannel {
     }
     const ok = (reply: Record<string, unknown> = {}, fds: number[] = [], undo?: () => Promise<void>): Answer => ({ body: reply, fds, ...(undo ? { undo } : {}) });
     switch (msg.type) {
-      case MsgType.ATTACH: {
-        const buf = this.#buffer(body);
-        const d = body.device;
-        if (typeof d !== 'object' || d === null) throw new DmaBufError('EPROTO', 'protocol: field "device" must be an object', { op: 'protocol' });
-        const dev = d as Record<string, unknown>;
-        const device = new RemoteDevice({
-          name: `${field.str(dev, 'name', 255)}@${this.pid}`,
-          maxSegmentSize: field.uint(dev, 'maxSegmentSize'),
-          maxSegments: field.uint(dev, 'maxSegments'),
-          segmentAlignment: field.uint(dev, 'segmentAlignment'),
-          pageSize: field.uint(dev, 'pageSize'),
-        }, field.str(dev, 'kind', 64), this.pid);
-        charge(this.pid, 'attachments', 'attach');
-        let att: DmaBufAttachment;
-        try {
-          att = await buf[kAttachRemote](device);
-        } catch (err) {
-          refund(this.pid, 'attachments');
-          throw err;
-        }
-        if (this.conn.closed) {
-          refund(this.pid, 'attachments');
-          await att.detach();
-          return undefined;
-        }
-        const attId = this.nextId();
-        this.attachments.set(attId, { att, device, mapLock: new AsyncLock(), maps: new Set() });
-        this.conn.keepAlive(true);
-        return ok({ attachment: attId }, [], async () => {
-          if (this.attachments.delete(attId)) refund(this.pid, 'attachments');
-          if (this.attachments.size === 0) this.conn.keepAlive(false);
-          await att.detach();
-        });
-      }
+      case MsgType.ATTACH:
+        return this.#attach(this.#buffer(body), this.#remoteDevice(body.device));
       case MsgType.DETACH: {
         const [attId, entry] = this.#attachment(body);
         this.attachments.delete(attId);
@@ -295,53 +279,7 @@ export class ServiceChannel {
       }
       case MsgType.MAP: {
         const [attId, entry] = this.#attachment(body);
-        const direction = field.oneOf(body, 'direction', DIRECTIONS) as DmaDirection;
-        charge(this.pid, 'maps', 'map');
-        let made;
-        try {
-          made = await entry.mapLock.run('map', async () => {
-            const table = await entry.att.map(direction);
-            return { sgt: table, mapping: entry.device.takePending() };
-          });
-        } catch (err) {
-          refund(this.pid, 'maps');
-          throw err;
-        }
-        const { sgt, mapping } = made;
-        // From here the map counts until it is in this.maps, then until it leaves it.
-        const uncount = (): void => refund(this.pid, 'maps');
-        if (!mapping) {
-          uncount();
-          await entry.att.unmap(sgt);
-          throw new DmaBufError('EINVAL', `map: the exporter "${entry.att.dmabuf.exporter}" has no memory a device in another process can map`, { op: 'map' });
-        }
-        if (this.conn.closed || !this.attachments.has(attId)) {
-          uncount();
-          if (!entry.att.detached) await entry.att.unmap(sgt).catch(() => {});
-          return undefined;
-        }
-        let runs;
-        try {
-          runs = toRuns(sgt.segments);
-        } catch (err) {
-          uncount();
-          await entry.att.unmap(sgt);
-          throw err;
-        }
-        const mapId = this.nextId();
-        this.maps.set(mapId, { attachment: attId, sgt });
-        entry.maps.add(mapId);
-        const { memory, access } = mapping;
-        return ok({
-          map: mapId,
-          segments: runs,
-          memory: { size: memory.size, pageSize: memory.pageSize, writeSealed: memory.writeSealed },
-          access,
-        }, [memory.fd], async () => {
-          if (this.maps.delete(mapId)) uncount();
-          entry.maps.delete(mapId);
-          if (!entry.att.detached) await entry.att.unmap(sgt);
-        });
+        return this.#map(attId, entry, field.oneOf(body, 'direction', DIRECTIONS) as DmaDirection);
       }
       case MsgType.UNMAP: {
         const mapId = field.uint(body, 'map', 0xffffffff);
@@ -369,6 +307,102 @@ export class ServiceChannel {
       default:
         throw new DmaBufError('EPROTO', `protocol: unexpected message type ${msg.type} from an importer`, { op: 'protocol' });
     }
+  }
+
+  /** The device an importer described (its constraints, checked by `Device`). */
+  #remoteDevice(d: unknown): RemoteDevice {
+    if (typeof d !== 'object' || d === null) throw new DmaBufError('EPROTO', 'protocol: field "device" must be an object', { op: 'protocol' });
+    const dev = d as Record<string, unknown>;
+    return new RemoteDevice({
+      name: `${field.str(dev, 'name', 255)}@${this.pid}`,
+      maxSegmentSize: field.uint(dev, 'maxSegmentSize'),
+      maxSegments: field.uint(dev, 'maxSegments'),
+      segmentAlignment: field.uint(dev, 'segmentAlignment'),
+      pageSize: field.uint(dev, 'pageSize'),
+    }, field.str(dev, 'kind', 64), this.pid);
+  }
+
+  /** Attaches the importer's `device` (an ATTACH); undefined when the channel closed meanwhile. */
+  async #attach(buf: DmaBuf, device: RemoteDevice): Promise<Answer | undefined> {
+    charge(this.pid, 'attachments', 'attach');
+    let att: DmaBufAttachment;
+    try {
+      att = await buf[kAttachRemote](device);
+    } catch (err) {
+      refund(this.pid, 'attachments');
+      throw err;
+    }
+    if (this.conn.closed) {
+      refund(this.pid, 'attachments');
+      await att.detach();
+      return undefined;
+    }
+    const attId = this.nextId();
+    this.attachments.set(attId, { att, device, mapLock: new AsyncLock(), maps: new Set() });
+    this.conn.keepAlive(true);
+    return { body: { attachment: attId }, fds: [], undo: async () => {
+      if (this.attachments.delete(attId)) refund(this.pid, 'attachments');
+      if (this.attachments.size === 0) this.conn.keepAlive(false);
+      await att.detach();
+    } };
+  }
+
+  /**
+   * Maps attachment `attId` (a MAP): the answer carries the table's runs and the memory to
+   * send; undefined when the channel or the attachment went away meanwhile.
+   */
+  async #map(attId: number, entry: RemoteAttachment | undefined, direction: DmaDirection): Promise<Answer | undefined> {
+    if (!entry) return undefined;
+    charge(this.pid, 'maps', 'map');
+    let made;
+    try {
+      made = await entry.mapLock.run('map', async () => {
+        const table = await entry.att.map(direction);
+        return { sgt: table, mapping: entry.device.takePending() };
+      });
+    } catch (err) {
+      refund(this.pid, 'maps');
+      throw err;
+    }
+    const { sgt, mapping } = made;
+    // From here the map counts until it is in this.maps, then until it leaves it.
+    const uncount = (): void => refund(this.pid, 'maps');
+    if (!mapping) {
+      uncount();
+      await entry.att.unmap(sgt);
+      throw new DmaBufError('EINVAL', `map: the exporter "${entry.att.dmabuf.exporter}" has no memory a device in another process can map`, { op: 'map' });
+    }
+    if (this.conn.closed || !this.attachments.has(attId)) {
+      uncount();
+      if (!entry.att.detached) await entry.att.unmap(sgt).catch(() => {});
+      return undefined;
+    }
+    let runs;
+    try {
+      runs = toRuns(sgt.segments);
+    } catch (err) {
+      uncount();
+      await entry.att.unmap(sgt);
+      throw err;
+    }
+    const mapId = this.nextId();
+    this.maps.set(mapId, { attachment: attId, sgt });
+    entry.maps.add(mapId);
+    const { memory, access } = mapping;
+    return {
+      body: {
+        map: mapId,
+        segments: runs,
+        memory: { size: memory.size, pageSize: memory.pageSize, writeSealed: memory.writeSealed },
+        access,
+      },
+      fds: [memory.fd],
+      undo: async () => {
+        if (this.maps.delete(mapId)) uncount();
+        entry.maps.delete(mapId);
+        if (!entry.att.detached) await entry.att.unmap(sgt);
+      },
+    };
   }
 
   /** The importer is gone: undo what it left, as if it had. */
