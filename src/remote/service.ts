@@ -100,6 +100,15 @@ export class ServiceChannel {
     return new Connection(fd, {
       onMessage: (msg, fds) => {
         this.records += 1;
+        if (msg.id === 0) {
+          // Notifications: nobody waits for them. They run at the end of this turn of the
+          // event loop, so that what else this turn read (the consumer's acknowledgement, on
+          // another socket) is handled first; a request on this channel runs them first.
+          this.#deferred.push([msg, fds]);
+          this.#deferTimer ??= setImmediate(() => this.#runDeferred());
+          return;
+        }
+        this.#runDeferred();
         void this.#handle(msg, fds);
       },
       onBadMessage: (err, id, kind) => {
@@ -108,8 +117,27 @@ export class ServiceChannel {
         if (kind === 'unexpected-reply') this.conn.close(err);
         else if (id) this.#answerError(id, err);
       },
-      onClose: () => this.#cleanup(),
+      onClose: () => {
+        this.#runDeferred();
+        this.#cleanup();
+      },
     });
+  }
+
+  /** Notification records read and not run yet (see `#connect`), in order. */
+  #deferred: [Message, number[]][] = [];
+  #deferTimer: NodeJS.Immediate | null = null;
+
+  /** Runs the deferred notifications, in the order they came. */
+  #runDeferred(): void {
+    if (this.#deferTimer) {
+      clearImmediate(this.#deferTimer);
+      this.#deferTimer = null;
+    }
+    if (this.#deferred.length === 0) return;
+    const list = this.#deferred;
+    this.#deferred = [];
+    for (const [msg, fds] of list) void this.#handle(msg, fds);
   }
 
   /** Attach and map for a HELLO that asked for them; answers merged into one body. */
