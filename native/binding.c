@@ -513,6 +513,41 @@ static napi_value js_fstat(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+/* "dev:ino" of a descriptor's file, as a string: the key of a file with no object built. */
+static napi_value js_stat_key(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  struct sys_stat st;
+  int r = sys_fstat(fd, &st);
+  if (r < 0) return throw_errno(env, "fstat", -r);
+  char key[48];
+  int n = snprintf(key, sizeof key, "%llu:%llu", (unsigned long long)st.dev, (unsigned long long)st.ino);
+  napi_value out;
+  NAPI(napi_create_string_latin1(env, key, (size_t)n, &out));
+  return out;
+}
+
+/*
+ * What a mapping's checks read of a memory descriptor, in one call: [mode, size, seals], with
+ * seals -1 when F_GET_SEALS fails (the file is not a memfd).
+ */
+static napi_value js_memory_info(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  struct sys_stat st;
+  int r = sys_fstat(fd, &st);
+  if (r < 0) return throw_errno(env, "fstat", -r);
+  int seals = sys_get_seals(fd);
+  napi_value out;
+  NAPI(napi_create_array_with_length(env, 3, &out));
+  NAPI(napi_set_element(env, out, 0, number(env, (double)st.mode)));
+  NAPI(napi_set_element(env, out, 1, number(env, (double)st.size)));
+  NAPI(napi_set_element(env, out, 2, number(env, seals < 0 ? -1 : (double)seals)));
+  return out;
+}
+
 static napi_value js_fstatfs_type(napi_env env, napi_callback_info info) {
   ARGS(1);
   int fd;
@@ -576,6 +611,18 @@ static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return obj;
+}
+
+/* SO_PEERCRED's pid alone. */
+static napi_value js_peer_pid(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  int32_t pid;
+  uint32_t uid, gid;
+  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
+  int r = sys_peer_cred(fd, &pid, &uid, &gid);
+  if (r < 0) return throw_errno(env, "getsockopt", -r);
+  return number(env, pid);
 }
 
 static napi_value js_set_passcred(napi_env env, napi_callback_info info) {
@@ -1685,11 +1732,14 @@ NAPI_MODULE_INIT() {
       FN("dup", js_dup),
       FN("close", js_close),
       FN("fstat", js_fstat),
+      FN("statKey", js_stat_key),
+      FN("memoryInfo", js_memory_info),
       FN("fstatfsType", js_fstatfs_type),
       FN("setCloexec", js_set_cloexec),
       FN("setNonblock", js_set_nonblock),
       FN("socketInfo", js_socket_info),
       FN("peerCred", js_peer_cred),
+      FN("peerPid", js_peer_pid),
       FN("setPassCred", js_set_passcred),
       FN("socketpair", js_socketpair),
       FN("socket", js_socket),

@@ -72,6 +72,10 @@ export interface NativeBinding extends KernelBinding {
   close(fd: number): void;
   /** fstat(2). */
   fstat(fd: number): StatResult;
+  /** fstat(2): the file's `dev:ino`, as `fileKey` gives it, with no object built. */
+  statKey(fd: number): string;
+  /** fstat(2) and F_GET_SEALS of a memory descriptor: `[mode, size, seals]`, seals -1 when it has none (not a memfd). */
+  memoryInfo(fd: number): [number, number, number];
   /** fstatfs(2): the f_type magic of the file system holding `fd`. */
   fstatfsType(fd: number): number;
   /** fcntl(F_GETFD/F_SETFD) FD_CLOEXEC. Returns the previous state. */
@@ -82,6 +86,8 @@ export interface NativeBinding extends KernelBinding {
   socketInfo(fd: number): { domain: number; type: number };
   /** getsockopt SO_PEERCRED. */
   peerCred(fd: number): PeerCred;
+  /** getsockopt SO_PEERCRED: the pid alone. */
+  peerPid(fd: number): number;
   /** setsockopt SO_PASSCRED: while on, the kernel attaches the sender's credentials to each message. */
   setPassCred(fd: number, on: boolean): void;
   /** socketpair(AF_UNIX, type | SOCK_CLOEXEC [| SOCK_NONBLOCK]). */

@@ -201,20 +201,15 @@ function verifyMemory(fd: number, size: number, pageSize: number, mustBeWriteSea
   const refuse = (why: string): never => {
     throw new DmaBufError('EPROTO', `map: refusing the exporter's storage: ${why}`, { op: 'map' });
   };
-  const st = native.fstat(fd);
-  if ((st.mode & c.S_IFMT) !== c.S_IFREG) refuse('it is not a memory file');
+  const [mode, fileSize, seals] = native.memoryInfo(fd);
+  if ((mode & c.S_IFMT) !== c.S_IFREG) refuse('it is not a memory file');
   // Only memfds (shmem, hugetlbfs) have seals: F_GET_SEALS fails on any other file.
-  let seals = 0;
-  try {
-    seals = native.getSeals(fd);
-  } catch {
-    refuse('it is not a memfd');
-  }
+  if (seals < 0) refuse('it is not a memfd');
   if ((seals & (c.F_SEAL_SHRINK | c.F_SEAL_GROW)) !== (c.F_SEAL_SHRINK | c.F_SEAL_GROW)) {
     refuse('it is not sealed against shrinking and growing, so a peer could truncate it under our mapping');
   }
   if (mustBeWriteSealed && (seals & c.F_SEAL_WRITE) === 0) refuse('the buffer is read-only but its storage is not sealed against writes');
-  if (st.size < size || size < end) refuse(`its size ${st.size} does not cover the ${Math.max(size, end)} bytes announced`);
+  if (fileSize < size || size < end) refuse(`its size ${fileSize} does not cover the ${Math.max(size, end)} bytes announced`);
   if (pageSize !== 4096 && pageSize !== 2 * 1024 * 1024) refuse(`page size ${pageSize} is not supported`);
 }
 
@@ -702,13 +697,13 @@ function checkOffer(d: HandoffDelivery): CheckedOffer | null {
     if (fds.length !== (hasMap ? 1 : 0) + (hasChannel ? 1 : 0)) return null;
     // The file must be one the process named by the offer created (its exporter), and the
     // message must come from that process when the transport can tell.
-    if (native.peerCred(d.file).pid !== w.pid || (d.senderPid !== 0 && d.senderPid !== w.pid)) return null;
+    if (native.peerPid(d.file) !== w.pid || (d.senderPid !== 0 && d.senderPid !== w.pid)) return null;
     let channel: ImportChannel | undefined;
     if (hasChannel) {
       const fd = fds[hasMap ? 1 : 0]!;
       const c = native.constants;
       const info = native.socketInfo(fd);
-      if (info.domain !== c.AF_UNIX || info.type !== c.SOCK_SEQPACKET || native.peerCred(fd).pid !== w.pid) return null;
+      if (info.domain !== c.AF_UNIX || info.type !== c.SOCK_SEQPACKET || native.peerPid(fd) !== w.pid) return null;
       if (channels.has(w.token)) return null;
       const token = w.token;
       channel = { token, pid: w.pid, conn: new Connection(fd, { onMessage: (_m, extra) => closeAll(extra), onClose: () => channels.delete(token) }) };

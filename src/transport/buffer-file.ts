@@ -32,7 +32,7 @@ export function statKey(st: { dev: bigint; ino: bigint }): string {
 
 /** A key identifying an open file (a socket: its inode) in this machine: `dev:ino`. */
 export function fileKey(fd: number): string {
-  return statKey(native.fstat(fd));
+  return native.statKey(fd);
 }
 
 /** What {@link BufferFile.watch} reports. */
