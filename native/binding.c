@@ -492,13 +492,27 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   return void_result(env, "close", sys_close(fd));
 }
 
+/* fstat(2) of the descriptor in the call's first argument; 0, or -1 with an exception pending. */
+static int fstat_arg(napi_env env, napi_callback_info info, int *fd, struct sys_stat *st) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    throw_napi(env);
+    return -1;
+  }
+  if (arg_fd(env, argv[0], "fd", fd) != 0) return -1;
+  int r = sys_fstat(*fd, st);
+  if (r < 0) {
+    throw_errno(env, "fstat", -r);
+    return -1;
+  }
+  return 0;
+}
+
 static napi_value js_fstat(napi_env env, napi_callback_info info) {
-  ARGS(1);
   int fd;
-  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
   struct sys_stat st;
-  int r = sys_fstat(fd, &st);
-  if (r < 0) return throw_errno(env, "fstat", -r);
+  if (fstat_arg(env, info, &fd, &st) != 0) return NULL;
   napi_value obj, dev, ino;
   NAPI(napi_create_object(env, &obj));
   NAPI(napi_create_bigint_uint64(env, st.dev, &dev));
@@ -515,12 +529,9 @@ static napi_value js_fstat(napi_env env, napi_callback_info info) {
 
 /* "dev:ino" of a descriptor's file, as a string: the key of a file with no object built. */
 static napi_value js_stat_key(napi_env env, napi_callback_info info) {
-  ARGS(1);
   int fd;
-  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
   struct sys_stat st;
-  int r = sys_fstat(fd, &st);
-  if (r < 0) return throw_errno(env, "fstat", -r);
+  if (fstat_arg(env, info, &fd, &st) != 0) return NULL;
   char key[48];
   int n = snprintf(key, sizeof key, "%llu:%llu", (unsigned long long)st.dev, (unsigned long long)st.ino);
   napi_value out;
@@ -533,12 +544,9 @@ static napi_value js_stat_key(napi_env env, napi_callback_info info) {
  * seals -1 when F_GET_SEALS fails (the file is not a memfd).
  */
 static napi_value js_memory_info(napi_env env, napi_callback_info info) {
-  ARGS(1);
   int fd;
-  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
   struct sys_stat st;
-  int r = sys_fstat(fd, &st);
-  if (r < 0) return throw_errno(env, "fstat", -r);
+  if (fstat_arg(env, info, &fd, &st) != 0) return NULL;
   int seals = sys_get_seals(fd);
   napi_value out;
   NAPI(napi_create_array_with_length(env, 3, &out));
