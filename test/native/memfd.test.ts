@@ -50,6 +50,28 @@ test('memfdCreate: close-on-exec, size, fstat, fstatfs', () => {
   });
 });
 
+test('statKey and memoryInfo: what fstat and F_GET_SEALS say, with no object built; errors as fstat\'s', () => {
+  const fd = native.memfdCreate('dmabuf-test-info', K.MFD_ALLOW_SEALING);
+  const [a, b] = native.socketpair(K.SOCK_SEQPACKET, false);
+  withFds([fd, a, b], () => {
+    native.ftruncate(fd, 3 * 4096);
+    native.addSeals(fd, K.F_SEAL_SHRINK | K.F_SEAL_GROW);
+    const st = native.fstat(fd);
+    assert.equal(native.statKey(fd), `${st.dev}:${st.ino}`);
+    assert.deepEqual(native.memoryInfo(fd), [st.mode, 3 * 4096, K.F_SEAL_SHRINK | K.F_SEAL_GROW]);
+    // A socket: not a regular file, and no seals (-1).
+    const sock = native.memoryInfo(a);
+    assert.equal(sock[0] & K.S_IFMT, K.S_IFSOCK);
+    assert.equal(sock[2], -1);
+    assert.notEqual(native.statKey(a), native.statKey(b), 'the two ends are two files');
+    assert.equal(native.peerPid(a), process.pid, 'a pair made here: its peer is this process');
+  });
+  for (const call of [() => native.statKey(fd), () => native.memoryInfo(fd), () => native.peerPid(fd)]) {
+    assert.equal(thrown(call).code, 'EBADF');
+  }
+  assert.equal(thrown(() => native.statKey('3' as unknown as number)).code, 'EINVAL');
+});
+
 test('memfdCreate rejects a name with NUL and bad flags', () => {
   const e = thrown(() => native.memfdCreate('a\0b', 0));
   assert.equal(e.code, 'EINVAL');
