@@ -86,10 +86,10 @@ export type CaseName = (typeof CASES)[number];
 
 export const USAGE = `usage: npm run bench -- [--quick] [--sizes 4K,1M,1G] [--reps N] [--only ${CASES.join('|')}[,...]] [--frames N] [--out DIR]
 
-  --quick        a short run: sizes ${QUICK_SIZES.map(fmtSize).join(', ')}, 3 repetitions, 300 frames, written to
+  --quick        a short run: sizes ${QUICK_SIZES.map(fmtSize).join(', ')}, 3 repetitions (12 up to 1 MiB), 300 frames, written to
                  bench/results/tmp (ignored by git) unless --out says otherwise
   --sizes LIST   buffer sizes, comma-separated: 4K, 64KiB, 1M, 1G, 4096 (default ${FULL_SIZES.map(fmtSize).join(', ')})
-  --reps N       repetitions of each size (default 7; fewer for 256 MiB and up unless given)
+  --reps N       repetitions of each size (default 7: 28 up to 1 MiB, fewer for 256 MiB and up, unless given)
   --only LIST    the cases to run, comma-separated (default all)
   --frames N     frames per mode in the pooled and ring cases, at least 10 (default 3000)
   --out DIR      where the reports go (default bench/results)
@@ -131,11 +131,16 @@ export function parseArgs(argv: string[]): Options | null {
   };
 }
 
-/** Repetitions for one size: --reps everywhere when given, else fewer for the largest sizes. */
+/**
+ * Repetitions for one size: --reps everywhere when given, else four times as many up to 1 MiB
+ * (a repetition of every method costs tens of milliseconds there, and the medians the targets
+ * judge move by tens of percent between runs with 7) and fewer for the largest sizes.
+ */
 export function repsFor(o: Options, size: number): number {
   if (o.repsGiven) return o.reps;
   if (size >= GiB) return Math.min(o.reps, 3);
   if (size >= 256 * MiB) return Math.min(o.reps, 5);
+  if (size <= MiB) return o.reps * 4;
   return o.reps;
 }
 

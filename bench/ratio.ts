@@ -1,0 +1,66 @@
+/**
+ * The ratio the hand-off targets judge, for A/B comparisons of two builds: N first hand-offs
+ * alternating with N bare hops to the same receiver, with the receiver left idle for a moment
+ * (`--gap`, 2 ms) before each, as in the full run where the other methods take turns in
+ * between; one-way and round-trip medians of each and their ratio. The full run's ratio moves
+ * by ±20% between runs on the benchmark machine, as the bare hop does; this one moves by
+ * about ±5%, because the two are measured in the same rhythm, hundreds of times.
+ *
+ * `node dist/bench/ratio.js [N] [SIZE] [--worker] [--gap MS]`, e.g.
+ * `node dist/bench/ratio.js 300 4K`: `dmabuf-channel` against the BufferChannel bare hop;
+ * with `--worker`, `dmabuf-worker` against a small postMessage to the same worker.
+ *
+ * @module
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ChannelBareMethod, ChannelHost, DmabufChannelMethod, WorkerDmabufMethod, WorkerHost, WorkerSmallMethod } from './methods.js';
+import { fmtSize, fmtTime, parseSize, stats } from './harness.js';
+
+const args = process.argv.slice(2);
+const flag = (name: string): boolean => args.includes(name);
+const option = (name: string, fallback: string): string => {
+  const i = args.indexOf(name);
+  return i >= 0 && i + 1 < args.length ? args[i + 1]! : fallback;
+};
+const positional = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--gap');
+const n = Number(positional[0] ?? 300);
+const size = parseSize(positional[1] ?? '4K');
+const gapMs = Number(option('--gap', '2'));
+const worker = flag('--worker');
+
+let handoff: DmabufChannelMethod | WorkerDmabufMethod;
+let bare: ChannelBareMethod | WorkerSmallMethod;
+if (worker) {
+  const host = new WorkerHost();
+  handoff = new WorkerDmabufMethod(host);
+  bare = new WorkerSmallMethod(host);
+} else {
+  const host = new ChannelHost();
+  handoff = new DmabufChannelMethod(host);
+  bare = new ChannelBareMethod(host);
+}
+await handoff.start();
+await bare.start();
+await handoff.prepare(size);
+await bare.prepare(size);
+for (let i = 0; i < 100; i++) {
+  await handoff.once('ends');
+  await bare.once('ends');
+}
+const series = { handoff: { oneWay: [] as number[], roundTrip: [] as number[] }, bare: { oneWay: [] as number[], roundTrip: [] as number[] } };
+for (let i = 0; i < n; i++) {
+  for (const [name, method] of [['handoff', handoff], ['bare', bare]] as const) {
+    await sleep(gapMs);
+    const s = await method.once('ends');
+    series[name].oneWay.push(s.oneWayNs);
+    series[name].roundTrip.push(s.roundTripNs);
+  }
+}
+const line = (what: 'oneWay' | 'roundTrip'): string => {
+  const h = stats(series.handoff[what]).median;
+  const b = stats(series.bare[what]).median;
+  return `${what === 'oneWay' ? 'one-way' : 'round trip'} ${fmtTime(h)} against ${fmtTime(b)}: ${(h / b).toFixed(2)}x`;
+};
+console.log(`${n} x ${handoff.name} and ${bare.name}, ${fmtSize(size)}, ${gapMs} ms idle before each | ${line('oneWay')} | ${line('roundTrip')}`);
+await handoff.close();
+await bare.close();
