@@ -91,6 +91,7 @@ export class AsyncLock {
    * after changing state a predicate may depend on.
    */
   notify(): void {
+    if (this.#conditions.size === 0) return;
     for (const wake of [...this.#conditions]) wake();
   }
 
