@@ -768,12 +768,13 @@ export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffM
 }
 
 /**
- * The buffer of a checked offer, attached and mapped with the map made ahead, when that
- * needs nothing asynchronous: the buffer is new to this thread (no import of it is live or
- * in flight), the offer carries a map made ahead that `want` may take (its table fits the
- * device, its access the direction), and the device maps synchronously. Returns null when
- * any of that does not hold, having consumed nothing; calls `took()` once the buffer took
- * `d.file` over. On failure the buffer is put and the exporter's attach and map undone.
+ * The buffer of a checked offer, attached and mapped with the map made ahead, in one step:
+ * when the buffer is new to this thread (no import of it is live or in flight) and the offer
+ * carries a map made ahead that `want` may take (its table fits the device, its access the
+ * direction). Synchronous when the device maps synchronously (a CPU); else the result comes
+ * when its map does. Returns null when any of that does not hold, having consumed nothing;
+ * calls `took()` once the buffer took `d.file` over. On failure the buffer is put and the
+ * exporter's attach and map are given back.
  */
 function adoptMappedNow(d: HandoffDelivery, offer: CheckedOffer, want: HandoffMap, took: () => void): AdoptedHandoff | Promise<AdoptedHandoff> | null {
   const { w, channel, pre } = offer;
