@@ -265,8 +265,10 @@ test('a thread whose answer slots are all taken by clients that never read is re
   assert.ok(bytes > 512 * 1024, `snapshot of ${bytes} bytes`);
   const name = `dmabuf-info.${pid}.0`;
   // Long enough that a loaded machine does not stall the thread past it (it would read as
-  // timed out), short enough to end before the thread drops the clients that hold its slots.
-  const BUSY_TIMEOUT = '1500';
+  // timed out: 1500 ms was once too short in a full run), short enough to end before the
+  // thread drops the clients that hold its slots (INTROSPECTION_SEND_TIMEOUT after the first
+  // of them connected; taking the 16 slots takes about a second).
+  const BUSY_TIMEOUT = '2500';
   const hogs: number[] = [];
   const takeSlots = async (): Promise<void> => {
     // A client that got a slot gets the start of the snapshot; one that came while earlier
