@@ -107,20 +107,22 @@ function protoError(message: string): DmaBufError {
  * @throws {DmaBufError} `EMSGSIZE` when it exceeds {@link MAX_MESSAGE}.
  */
 export function encode(type: MsgTypeValue, id: number, body: Record<string, unknown> = {}): Buffer {
-  const json = Buffer.from(JSON.stringify(body), 'utf8');
-  const total = HEADER_SIZE + json.length;
+  const text = JSON.stringify(body);
+  const length = Buffer.byteLength(text, 'utf8');
+  const total = HEADER_SIZE + length;
   if (total > MAX_MESSAGE) {
     throw new DmaBufError('EMSGSIZE', `protocol: a ${typeName(type)} message of ${total} bytes exceeds the ${MAX_MESSAGE}-byte limit`, { op: 'protocol' });
   }
-  const out = Buffer.alloc(total);
+  // Every byte is written below: the header's fields, then the body.
+  const out = Buffer.allocUnsafe(total);
   out.writeUInt32LE(MAGIC, 0);
   out.writeUInt16LE(VERSION, 4);
   out.writeUInt16LE(type, 6);
   out.writeUInt32LE(id >>> 0, 8);
-  out.writeUInt32LE(json.length, 12);
+  out.writeUInt32LE(length, 12);
   out.writeUInt32LE(0, 16); // flags: reserved
   out.writeUInt32LE(0, 20); // reserved
-  json.copy(out, HEADER_SIZE);
+  out.write(text, HEADER_SIZE, 'utf8');
   return out;
 }
 

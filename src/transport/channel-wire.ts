@@ -55,7 +55,6 @@ export interface ChannelMessage {
   handoff?: Record<string, unknown>;
 }
 
-const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
 /**
@@ -79,8 +78,9 @@ export function encodeChannelMessage(meta?: unknown, op = 'send'): Uint8Array {
  * @throws {DmaBufError} as {@link encodeChannelMessage}, the limit counting the offer too.
  */
 export function encodeHandoffMessage(meta: unknown, handoff: Record<string, unknown>, op = 'send'): Uint8Array {
-  checkJson(meta, op);
-  return encodeBody(ChannelMessageType.HANDOFF, meta === undefined ? { handoff } : { meta, handoff }, op);
+  const metaText = checkJson(meta, op);
+  const handoffText = JSON.stringify(handoff);
+  return encodeText(ChannelMessageType.HANDOFF, metaText === undefined ? `{"handoff":${handoffText}}` : `{"meta":${metaText},"handoff":${handoffText}}`, op);
 }
 
 function checkJson(meta: unknown, op: string): string | undefined {
@@ -99,24 +99,23 @@ function checkJson(meta: unknown, op: string): string | undefined {
 }
 
 function encodeBody(type: number, meta: unknown, op: string): Uint8Array {
-  let json: Uint8Array;
-  if (meta === undefined) {
-    json = new Uint8Array(0);
-  } else {
-    const text = checkJson(meta, op)!;
-    json = encoder.encode(text);
+  return encodeText(type, meta === undefined ? '' : checkJson(meta, op)!, op);
+}
+
+/** A message of `type` whose metadata is the JSON `text` ('' for none). */
+function encodeText(type: number, text: string, op: string): Uint8Array {
+  const length = Buffer.byteLength(text, 'utf8');
+  if (length > CHANNEL_MAX_META) {
+    throw new DmaBufError('EMSGSIZE', `${op}: the metadata is ${length} bytes of JSON, over the limit of ${CHANNEL_MAX_META}; send large data in a buffer, not in its metadata`, { op });
   }
-  if (json.length > CHANNEL_MAX_META) {
-    throw new DmaBufError('EMSGSIZE', `${op}: the metadata is ${json.length} bytes of JSON, over the limit of ${CHANNEL_MAX_META}; send large data in a buffer, not in its metadata`, { op });
-  }
-  const out = new Uint8Array(CHANNEL_HEADER_SIZE + json.length);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, CHANNEL_MAGIC, true);
-  view.setUint16(4, CHANNEL_VERSION, true);
-  view.setUint16(6, type, true);
-  view.setUint32(8, json.length, true);
-  view.setUint32(12, 0, true);
-  out.set(json, CHANNEL_HEADER_SIZE);
+  // Every byte is written below: the header's fields, then the metadata.
+  const out = Buffer.allocUnsafe(CHANNEL_HEADER_SIZE + length);
+  out.writeUInt32LE(CHANNEL_MAGIC, 0);
+  out.writeUInt16LE(CHANNEL_VERSION, 4);
+  out.writeUInt16LE(type, 6);
+  out.writeUInt32LE(length, 8);
+  out.writeUInt32LE(0, 12);
+  out.write(text, CHANNEL_HEADER_SIZE, 'utf8');
   return out;
 }
 
