@@ -44,6 +44,8 @@ interface ImportChannel {
   /** The exporter's process id. */
   pid: number;
   conn: Connection;
+  /** The reservation objects' link to the exporter, made once per channel. */
+  link?: ResvLink;
 }
 
 /** The importer's private data of a buffer. */
@@ -78,7 +80,7 @@ function createImported(fd: number, key: string, w: ReturnType<typeof checkWelco
       flags: w.flags,
       name: w.name,
       exporter: w.exporter,
-      resv: new RemoteResv(resvLink(channel), w.handle),
+      resv: new RemoteResv(channel.link ??= resvLink(channel), w.handle),
     }, file, w.sealed) as unknown as DmaBuf;
   } catch (err) {
     file.close();
@@ -452,7 +454,8 @@ async function sendHello(fd: number, data: Buffer, channelEnd: number, deadline:
   }
 }
 
-function checkWelcome(body: Record<string, unknown>): { handle: number; size: number; flags: number; name: string; exporter: string; sealed: boolean; cpuAccess: boolean; pid: number; token: string; reused: boolean } {
+/** The buffer's description of a HELLO's answer (with `offer`: of a hand-off's offer), checked. */
+function checkWelcome(body: Record<string, unknown>, offer = false): { handle: number; size: number; flags: number; name: string; exporter: string; sealed: boolean; cpuAccess: boolean; pid: number; token: string; reused: boolean } {
   const flags = field.uint(body, 'flags', 0xffffffff);
   const acc = flags & 3;
   if ((acc !== O_RDONLY && acc !== O_RDWR) || (flags & ~(3 | O_CLOEXEC)) !== 0) {
@@ -472,7 +475,8 @@ function checkWelcome(body: Record<string, unknown>): { handle: number; size: nu
     cpuAccess: body.cpuAccess === undefined ? false : field.bool(body, 'cpuAccess'),
     pid: field.uint(body, 'pid', 0x7fffffff),
     token,
-    reused: field.bool(body, 'reused'),
+    // A hand-off's offer has no "reused": its channel is either carried or already known.
+    reused: offer ? false : field.bool(body, 'reused'),
   };
 }
 
@@ -690,7 +694,7 @@ function checkOffer(d: HandoffDelivery): CheckedOffer | null {
   try {
     if (typeof d.body !== 'object' || d.body === null) return null;
     const body = d.body as Record<string, unknown>;
-    const w = checkWelcome({ reused: false, ...body });
+    const w = checkWelcome(body, true);
     const map = body.map;
     const hasMap = typeof map === 'object' && map !== null;
     const hasChannel = body.channel === true;
