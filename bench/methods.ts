@@ -66,6 +66,16 @@ export interface Method {
   syscalls?(n: number, read: ReadMode): Promise<Partial<Costs>>;
 }
 
+/**
+ * Starts `methods`, prepares each for `size`, then runs `rounds` untimed hand-offs of each
+ * in turn: the warm-up of the A/B tools (`phase.ts`, `ratio.ts`).
+ */
+export async function startWarm(methods: readonly { start(): Promise<void>; prepare(size: number): Promise<void>; once(read: ReadMode): Promise<Sample> }[], size: number, rounds: number): Promise<void> {
+  for (const m of methods) await m.start();
+  for (const m of methods) await m.prepare(size);
+  for (let i = 0; i < rounds; i++) for (const m of methods) await m.once('ends');
+}
+
 export const FIRST = 0x11;
 export const LAST = 0x22;
 

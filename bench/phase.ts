@@ -14,7 +14,7 @@
  * @module
  */
 import { readFileSync } from 'node:fs';
-import { ChannelBareMethod, ChannelHost, DmabufChannelMethod, type Method } from './methods.js';
+import { ChannelBareMethod, ChannelHost, DmabufChannelMethod, startWarm, type Method } from './methods.js';
 import { fmtSize, fmtTime, parseSize, stats } from './harness.js';
 
 interface ThreadSnapshot {
@@ -45,20 +45,11 @@ const size = parseSize(process.argv[3] ?? '4K');
 const host = new ChannelHost();
 const handoff = new DmabufChannelMethod(host);
 const bare = new ChannelBareMethod(host);
-await handoff.start();
-await bare.start();
-await handoff.prepare(size);
-await bare.prepare(size);
-for (let i = 0; i < 50; i++) {
-  await handoff.once('ends');
-  await bare.once('ends');
-}
+await startWarm([handoff, bare], size, 50);
 console.log(`${n} hand-offs of ${fmtSize(size)} per phase, one method at a time (receiver pid ${host.pid})`);
 const minimalHost = new ChannelHost('minimal');
 const minimal = new DmabufChannelMethod(minimalHost);
-await minimal.start();
-await minimal.prepare(size);
-for (let i = 0; i < 50; i++) await minimal.once('ends');
+await startWarm([minimal], size, 50);
 const phases: [string, Method, ChannelHost][] = [
   ['dmabuf-channel', handoff, host],
   ['bare hop', bare, host],

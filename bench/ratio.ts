@@ -13,7 +13,7 @@
  * @module
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ChannelBareMethod, ChannelHost, DmabufChannelMethod, WorkerDmabufMethod, WorkerHost, WorkerSmallMethod } from './methods.js';
+import { ChannelBareMethod, ChannelHost, DmabufChannelMethod, WorkerDmabufMethod, WorkerHost, WorkerSmallMethod, startWarm } from './methods.js';
 import { fmtSize, fmtTime, parseSize, stats } from './harness.js';
 
 const args = process.argv.slice(2);
@@ -39,14 +39,7 @@ if (worker) {
   handoff = new DmabufChannelMethod(host);
   bare = new ChannelBareMethod(host);
 }
-await handoff.start();
-await bare.start();
-await handoff.prepare(size);
-await bare.prepare(size);
-for (let i = 0; i < 100; i++) {
-  await handoff.once('ends');
-  await bare.once('ends');
-}
+await startWarm([handoff, bare], size, 100);
 const series = { handoff: { oneWay: [] as number[], roundTrip: [] as number[] }, bare: { oneWay: [] as number[], roundTrip: [] as number[] } };
 for (let i = 0; i < n; i++) {
   for (const [name, method] of [['handoff', handoff], ['bare', bare]] as const) {

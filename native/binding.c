@@ -492,15 +492,20 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   return void_result(env, "close", sys_close(fd));
 }
 
-/* fstat(2) of the descriptor in the call's first argument; 0, or -1 with an exception pending. */
-static int fstat_arg(napi_env env, napi_callback_info info, int *fd, struct sys_stat *st) {
+/* The descriptor in the call's first argument; 0, or -1 with an exception pending. */
+static int fd_arg(napi_env env, napi_callback_info info, int *fd) {
   size_t argc = 1;
   napi_value argv[1];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
     throw_napi(env);
     return -1;
   }
-  if (arg_fd(env, argv[0], "fd", fd) != 0) return -1;
+  return arg_fd(env, argv[0], "fd", fd) != 0 ? -1 : 0;
+}
+
+/* fstat(2) of the descriptor in the call's first argument; 0, or -1 with an exception pending. */
+static int fstat_arg(napi_env env, napi_callback_info info, int *fd, struct sys_stat *st) {
+  if (fd_arg(env, info, fd) != 0) return -1;
   int r = sys_fstat(*fd, st);
   if (r < 0) {
     throw_errno(env, "fstat", -r);
@@ -604,14 +609,22 @@ static napi_value js_socket_info(napi_env env, napi_callback_info info) {
   return obj;
 }
 
-static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
-  ARGS(1);
+/* SO_PEERCRED of the socket in the call's first argument; 0, or -1 with an exception pending. */
+static int peer_cred_arg(napi_env env, napi_callback_info info, int32_t *pid, uint32_t *uid, uint32_t *gid) {
   int fd;
+  if (fd_arg(env, info, &fd) != 0) return -1;
+  int r = sys_peer_cred(fd, pid, uid, gid);
+  if (r < 0) {
+    throw_errno(env, "getsockopt", -r);
+    return -1;
+  }
+  return 0;
+}
+
+static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
   int32_t pid;
   uint32_t uid, gid;
-  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
-  int r = sys_peer_cred(fd, &pid, &uid, &gid);
-  if (r < 0) return throw_errno(env, "getsockopt", -r);
+  if (peer_cred_arg(env, info, &pid, &uid, &gid) != 0) return NULL;
   napi_value obj;
   NAPI(napi_create_object(env, &obj));
   if (set_number(env, obj, "pid", pid) != 0 || set_number(env, obj, "uid", uid) != 0 ||
@@ -623,13 +636,9 @@ static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
 
 /* SO_PEERCRED's pid alone. */
 static napi_value js_peer_pid(napi_env env, napi_callback_info info) {
-  ARGS(1);
-  int fd;
   int32_t pid;
   uint32_t uid, gid;
-  if (arg_fd(env, argv[0], "fd", &fd) != 0) return NULL;
-  int r = sys_peer_cred(fd, &pid, &uid, &gid);
-  if (r < 0) return throw_errno(env, "getsockopt", -r);
+  if (peer_cred_arg(env, info, &pid, &uid, &gid) != 0) return NULL;
   return number(env, pid);
 }
 

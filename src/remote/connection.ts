@@ -74,8 +74,6 @@ export class Connection {
   /** The events the watcher watches now, and whether it keeps the loop alive. */
   #pollEvents = -1;
   #pollRef: boolean | null = null;
-  /** Ids of requests whose answers nobody waits for (bounded: the oldest are forgotten). */
-  #unawaited = new Set<number>();
   #closeReason: DmaBufError | null = null;
   /** Messages rejected as malformed (for tests and introspection). */
   badMessages = 0;
@@ -243,19 +241,6 @@ export class Connection {
         }
       });
     });
-  }
-
-  /**
-   * Sends a request whose answer nobody waits for (undoing something, say): it never keeps
-   * the event loop alive, and its answer is dropped quietly when it comes.
-   */
-  sendAndForget(type: MsgTypeValue, body: Record<string, unknown>): void {
-    if (this.#closed) return;
-    const id = this.#nextId;
-    this.#nextId = this.#nextId >= 0xfffffffe ? 1 : this.#nextId + 1;
-    this.#unawaited.add(id);
-    if (this.#unawaited.size > 1024) this.#unawaited.delete(this.#unawaited.values().next().value as number);
-    this.send(type, id, body).catch(() => {});
   }
 
   /**
@@ -432,10 +417,6 @@ export class Connection {
     }
     if (msg.type === MsgType.REPLY || msg.type === MsgType.ERROR) {
       const pending = this.#pending.get(msg.id);
-      if (!pending && this.#unawaited.delete(msg.id)) {
-        closeAll(fds); // the answer to a request sent with send-and-forget
-        return;
-      }
       if (!pending) {
         // A reply to nothing we asked: out of order or forged. Drop it and its descriptors.
         closeAll(fds);

@@ -44,6 +44,14 @@ const lines = rl[Symbol.asyncIterator]();
 const step = async () => (await lines.next()).value;
 `;
 
+/** A child running `script` with the other end of a new BufferChannel pair as its fd 3. */
+function childOnChannel(script: string): { ch: BufferChannel; child: ReturnType<typeof startChild>; done: ReturnType<typeof finish> } {
+  const [ch, theirs] = BufferChannel.pair();
+  const child = startChild(script, [theirs]);
+  closeSync(theirs);
+  return { ch, child, done: finish(child) };
+}
+
 /** Ends a child started with {@link STEP} (its stdin closes) and checks that it exited well. */
 async function ended(child: ReturnType<typeof startChild>, done: ReturnType<typeof finish>): Promise<void> {
   child.stdin!.end();
@@ -53,8 +61,7 @@ async function ended(child: ReturnType<typeof startChild>, done: ReturnType<type
 
 test('a receiver that takes only the descriptor gives the map made ahead back: unmap, detach and put in one record (a BATCH)', async () => {
   const buf = await filled(1 << 16, 0x33, 'declined');
-  const [ch, theirs] = BufferChannel.pair();
-  const child = startChild(`${STEP}
+  const { ch, child, done } = childOnChannel(`${STEP}
     const fs = await import('node:fs');
     const ch = m.BufferChannel.fromFd(3);
     const { fd, meta } = await ch.receiveFd();
@@ -62,9 +69,7 @@ test('a receiver that takes only the descriptor gives the map made ahead back: u
     fs.closeSync(fd);
     await step();
     ch.close();
-  `, [theirs]);
-  closeSync(theirs);
-  const done = finish(child);
+  `);
   const before = tokens();
   try {
     await ch.send(buf, { frame: 2 });
@@ -83,8 +88,7 @@ test('a receiver that takes only the descriptor gives the map made ahead back: u
 
 test('an unmap or a detach that no put follows still reaches the exporter, at the end of the turn', async () => {
   const buf = await filled(1 << 16, 0x21, 'no-put');
-  const [ch, theirs] = BufferChannel.pair();
-  const child = startChild(`${STEP}
+  const { ch, child, done } = childOnChannel(`${STEP}
     const ch = m.BufferChannel.fromFd(3);
     const { buffer, attachment, sgt } = await ch.receive({ map: { device: new m.CpuDevice(), direction: 'to-device' } });
     await attachment.unmap(sgt);
@@ -95,9 +99,7 @@ test('an unmap or a detach that no put follows still reaches the exporter, at th
     await step();
     buffer.put();
     ch.close();
-  `, [theirs]);
-  closeSync(theirs);
-  const done = finish(child);
+  `);
   const before = tokens();
   try {
     await ch.send(buf, {});
@@ -119,8 +121,7 @@ test('an unmap or a detach that no put follows still reaches the exporter, at th
 
 test('a first hand-off to another process is one message: mapped with no request to the exporter; unmap, detach and put are notifications', async () => {
   const buf = await filled(1 << 16, 0x5a, 'one-message');
-  const [ch, theirs] = BufferChannel.pair();
-  const child = startChild(`${STEP}
+  const { ch, child, done } = childOnChannel(`${STEP}
     const ch = m.BufferChannel.fromFd(3);
     const { buffer, attachment, sgt, meta } = await ch.receive({ map: { device: new m.CpuDevice(), direction: 'to-device' } });
     const view = sgt.segments[0].view;
@@ -133,9 +134,7 @@ test('a first hand-off to another process is one message: mapped with no request
     out({ done: true, stale });
     await step();
     ch.close();
-  `, [theirs]);
-  closeSync(theirs);
-  const done = finish(child);
+  `);
   const before = tokens();
   try {
     await ch.send(buf, { frame: 1 });
@@ -161,8 +160,7 @@ test('a first hand-off to another process is one message: mapped with no request
 
 test('a map made with a hand-off is outstanding: seal waits until the receiver unmaps', async () => {
   const buf = await filled(1 << 16, 0x11, 'seal-waits');
-  const [ch, theirs] = BufferChannel.pair();
-  const child = startChild(`${STEP}
+  const { ch, child, done } = childOnChannel(`${STEP}
     const ch = m.BufferChannel.fromFd(3);
     const { buffer, attachment, sgt } = await ch.receive({ map: { device: new m.CpuDevice(), direction: 'bidirectional' } });
     sgt.segments[0].view[0] = 0x22;
@@ -172,9 +170,7 @@ test('a map made with a hand-off is outstanding: seal waits until the receiver u
     buffer.put();
     out({ detached: true });
     await step();
-  `, [theirs]);
-  closeSync(theirs);
-  const done = finish(child);
+  `);
   try {
     await ch.send(buf);
     await nextLine(child, (v) => 'mapped' in v);
@@ -199,15 +195,12 @@ test('a map made with a hand-off is outstanding: seal waits until the receiver u
 
 test('a receiver killed while it holds a hand-off map: the exporter drops the attachment and the map, and releases once', async () => {
   const buf = await filled(1 << 16, 0x33, 'killed-receiver');
-  const [ch, theirs] = BufferChannel.pair();
-  const child = startChild(`
+  const { ch, child, done } = childOnChannel(`
     const ch = m.BufferChannel.fromFd(3);
     const { sgt } = await ch.receive({ map: { device: new m.CpuDevice(), direction: 'to-device' } });
     out({ first: sgt.segments[0].view[0] });
     setInterval(() => {}, 1000);
-  `, [theirs]);
-  closeSync(theirs);
-  const done = finish(child);
+  `);
   await ch.send(buf);
   assert.deepEqual(await nextLine(child, (v) => 'first' in v), { first: 0x33 });
   assert.equal(buf.mapCount, 1);
@@ -250,8 +243,7 @@ test('late allocation: a buffer with no storage yet goes without a map, and the 
 });
 
 test('an exporter that dies leaves the receiver\'s hand-off map valid; new operations fail with EPIPE', async () => {
-  const [ch, theirs] = BufferChannel.pair();
-  const child = startChild(`${STEP}
+  const { ch, child, done } = childOnChannel(`${STEP}
     const ch = m.BufferChannel.fromFd(3);
     const buf = m.systemHeap.allocate(1 << 16, { name: 'dying-exporter' });
     const att = await buf.attach(new m.CpuDevice());
@@ -262,9 +254,7 @@ test('an exporter that dies leaves the receiver\'s hand-off map valid; new opera
     await ch.send(buf);
     out({ sent: true });
     await step();
-  `, [theirs]);
-  closeSync(theirs);
-  const done = finish(child);
+  `);
   const { buffer, attachment, sgt } = await ch.receive({ map: { device: new CpuDevice(), direction: 'to-device' } });
   child.kill('SIGKILL');
   await done;
@@ -277,8 +267,7 @@ test('an exporter that dies leaves the receiver\'s hand-off map valid; new opera
 });
 
 test('unmap, detach and put resolve while the exporter is stopped; it undoes them in order when it runs again', async () => {
-  const [ch, theirs] = BufferChannel.pair();
-  const child = startChild(`
+  const { ch, child, done } = childOnChannel(`
     const ch = m.BufferChannel.fromFd(3);
     const buf = m.systemHeap.allocate(1 << 16, { name: 'stopped-exporter' });
     const att = await buf.attach(new m.CpuDevice());
@@ -290,9 +279,7 @@ test('unmap, detach and put resolve while the exporter is stopped; it undoes the
     const timer = setInterval(() => {
       if (buf.released) { out({ released: true }); clearInterval(timer); ch.close(); }
     }, 5);
-  `, [theirs]);
-  closeSync(theirs);
-  const done = finish(child);
+  `);
   const { buffer, attachment, sgt } = await ch.receive({ map: { device: new CpuDevice(), direction: 'bidirectional' } });
   await nextLine(child, (v) => 'sent' in v);
   child.kill('SIGSTOP');
