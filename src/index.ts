@@ -14,7 +14,7 @@ export type { CpuAccess, CpuAccessContext, DmaBufOps, OpContext } from './core/o
 export type { CpuAccessOptions, CpuAccessEndOptions } from './core/cpu-access.js';
 export { SgTable } from './core/sg-table.js';
 export type { SgSegment } from './core/sg-table.js';
-export { Device, collateConstraints, planSegments, BASE_PAGE_SIZE, HUGE_PAGE_SIZE, DEFAULT_CONSTRAINTS } from './core/device.js';
+export { Device, collateConstraints, forgetOnLastDetach, planSegments, BASE_PAGE_SIZE, HUGE_PAGE_SIZE, DEFAULT_CONSTRAINTS } from './core/device.js';
 export type { DeviceConstraints, DeviceOptions, DeviceMapping, DeviceAccess, MapMemoryRequest, SegmentPlan } from './core/device.js';
 export type { MemoryObject } from './core/memory.js';
 export type { DmaDirection } from './core/direction.js';

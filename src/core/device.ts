@@ -209,4 +209,29 @@ export abstract class Device {
    *   `ENOMEM` when the address space is exhausted, `EINTR` when the signal aborts.
    */
   abstract mapMemory(request: MapMemoryRequest): Promise<DeviceMapping> | DeviceMapping;
+
+  /**
+   * Called by exporters when this device's last attachment to the buffer backed by `memory`
+   * detached: no map of `memory` for this device comes again unless it attaches again, so a
+   * mapping kept for reuse can go now rather than at the buffer's release. Must not throw.
+   * Default: nothing.
+   */
+  forgetMemory(memory: MemoryObject): void {
+    void memory;
+  }
+}
+
+/**
+ * For an exporter's `detach`: tells `attachment`'s device to forget `memory` when the device
+ * has no other attachment to the buffer. A device that throws is ignored (detach must not fail).
+ */
+export function forgetOnLastDetach(attachments: readonly { readonly device: Device }[], attachment: { readonly device: Device }, memory: MemoryObject | null): void {
+  if (!memory) return;
+  const device = attachment.device;
+  for (const a of attachments) if (a !== attachment && a.device === device) return;
+  try {
+    device.forgetMemory(memory);
+  } catch {
+    // A device's own failure to let go must not fail the detach.
+  }
 }

@@ -20,7 +20,8 @@ interface CachedMapping {
  *
  * - Writable maps (`'bidirectional'`, `'from-device'`) share the memory: a write through one
  *   attachment's view is read through another's. Their mmap is cached per memory object and
- *   reused by the next map (page tables are the costly part of a map).
+ *   reused by the next map while the device stays attached (page tables are the costly part
+ *   of a map); it goes when the device's last attachment to the buffer detaches.
  * - Read maps (`'to-device'`, and every map of a sealed buffer) are copy-on-write private
  *   mappings: a stray write through such a view never reaches the buffer and never crashes
  *   the process. Reads follow the buffer's later writes on every page the view has not
@@ -72,6 +73,14 @@ export class CpuDevice extends Device {
     }
     const handle = mmapMemory(memory, c.PROT_READ | c.PROT_WRITE, c.MAP_PRIVATE);
     return viewMapping(handle, memory.size, true);
+  }
+
+  /**
+   * Unmaps the shared mapping cached for `memory` (the exporter calls this when the device's
+   * last attachment to its buffer detached). Views still alive keep the memory until they go.
+   */
+  override forgetMemory(memory: MemoryObject): void {
+    this.#drop(memory);
   }
 
   #drop(memory: MemoryObject): void {

@@ -9,7 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { DmaBuf, O_RDONLY, O_RDWR, type ExportInfo } from '../core/dma-buf.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
-import { BASE_PAGE_SIZE, HUGE_PAGE_SIZE, collateConstraints, planSegments, tableOfMapping, type Device, type DeviceMapping } from '../core/device.js';
+import { BASE_PAGE_SIZE, HUGE_PAGE_SIZE, collateConstraints, forgetOnLastDetach, planSegments, tableOfMapping, type Device, type DeviceMapping } from '../core/device.js';
 import { isWritableDirection, type DmaDirection } from '../core/direction.js';
 import { DmaBufError } from '../core/errors.js';
 import { Invalidations, type MemoryObject } from '../core/memory.js';
@@ -298,6 +298,10 @@ const systemOps: DmaBufOps<SystemBufferPriv> = {
     const mappings = attachment.dmabuf.priv.mappings;
     mappings.get(sgt)?.release();
     mappings.delete(sgt);
+  },
+
+  detach(buf: DmaBuf<SystemBufferPriv>, attachment: DmaBufAttachment<SystemBufferPriv>): void {
+    forgetOnLastDetach(buf.attachments, attachment, buf.priv.storage);
   },
 
   async seal(buf: DmaBuf<SystemBufferPriv>, ctx: OpContext): Promise<void> {

@@ -18,7 +18,7 @@
  */
 import { DmaBuf, O_RDONLY, O_RDWR, kCreateImported, kReacquire } from '../core/dma-buf.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
-import { BASE_PAGE_SIZE, planSegments, tableOfMapping, type Device, type DeviceMapping } from '../core/device.js';
+import { BASE_PAGE_SIZE, forgetOnLastDetach, planSegments, tableOfMapping, type Device, type DeviceMapping } from '../core/device.js';
 import { isWritableDirection, type DmaDirection } from '../core/direction.js';
 import { DmaBufError } from '../core/errors.js';
 import { Invalidations, type MemoryObject } from '../core/memory.js';
@@ -150,6 +150,10 @@ const kernelOps: DmaBufOps<KernelBufferPriv> = {
     const mappings = attachment.dmabuf.priv.mappings;
     mappings.get(sgt)?.release();
     mappings.delete(sgt);
+  },
+
+  detach(buf: DmaBuf<KernelBufferPriv>, attachment: DmaBufAttachment<KernelBufferPriv>): void {
+    forgetOnLastDetach(buf.attachments, attachment, buf.priv.memory);
   },
 
   async beginCpuAccess(buf: DmaBuf<KernelBufferPriv>, access: CpuAccess, ctx: CpuAccessContext): Promise<void> {

@@ -4,6 +4,7 @@ import { CpuDevice, DmaBufError, HUGE_PAGE_SIZE, O_RDONLY, systemHeap, hugePages
 import { native } from '../../src/native/binding.js';
 import { openFdTargets, canManageHugePages, withHugePages } from '../helpers.js';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { readFileSync } from 'node:fs';
 
 const isCode = (code: string) => (e: unknown): boolean => DmaBufError.is(e, code);
 const memfdsNamed = (name: string): number => openFdTargets().filter((t) => t.startsWith(`/memfd:dmabuf:${name} `)).length;
@@ -46,6 +47,37 @@ test('a view is detached by unmap: byteLength 0, reads undefined, no crash', asy
   assert.equal(again.segments[0]!.view![1], 3);
   await att.unmap(again);
   await att.detach();
+});
+
+test('a CPU device keeps its shared mapping while attached, and lets it go when its last attachment detaches', async () => {
+  const name = `forget-${process.pid}`;
+  const mapped = (): number => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes(`/memfd:dmabuf:${name} `)).length;
+  using buf = systemHeap.allocate(64 * 4096, { name });
+  const cpu = new CpuDevice({ name: 'producer' });
+  const a = await buf.attach(cpu);
+  const b = await buf.attach(cpu);
+  let sgt = await a.map('bidirectional');
+  sgt.segments[0]!.view![0] = 9;
+  await a.unmap(sgt);
+  assert.equal(cpu.cachedMappings, 1, 'kept for the next map while attached');
+  assert.equal(mapped(), 1);
+  sgt = await a.map('bidirectional');
+  assert.equal(sgt.segments[0]!.view![0], 9);
+  await a.detach();
+  assert.equal(cpu.cachedMappings, 1, 'the same device is still attached through b');
+  const tb = await b.map('bidirectional');
+  assert.equal(tb.segments[0]!.view![0], 9);
+  await b.detach();
+  assert.equal(cpu.cachedMappings, 0, 'the last attachment detached: the mapping goes');
+  assert.equal(tb.segments[0]!.view!.byteLength, 0, 'the views were detached first');
+  // The munmap itself waits for V8 to let go of the detached views' stores (maybe a moment).
+  for (let i = 0; mapped() > 0 && i < 100; i++) await sleep(20);
+  assert.equal(mapped(), 0, 'no mapping of the storage is left in the process');
+  // Attaching again maps again, with the contents intact.
+  const c = await buf.attach(cpu);
+  const tc = await c.map('to-device');
+  assert.equal(tc.segments[0]!.view![0], 9);
+  await c.detach();
 });
 
 test('late allocation: no storage before the first map', async () => {
