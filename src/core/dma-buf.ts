@@ -6,7 +6,7 @@
  */
 import { constants as fsConstants } from 'node:fs';
 import { DmaBufError } from './errors.js';
-import { AsyncLock, interrupted } from './lock.js';
+import { AsyncLock, interrupted, isThenable } from './lock.js';
 import { DmaBufAttachment, type AttachmentOwner } from './attachment.js';
 import { Device } from './device.js';
 import { checkMapDirection, isWritableDirection, type DmaDirection } from './direction.js';
@@ -731,49 +731,94 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     }, signal);
   }
 
-  async #unmap(att: DmaBufAttachment<Priv>, sgt: SgTable): Promise<void> {
+  #unmap(att: DmaBufAttachment<Priv>, sgt: SgTable): Promise<void> {
     const op = 'unmap';
     const missing = (): DmaBufError => new DmaBufError('EINVAL', `${op}: the table is not a live map of this attachment (already unmapped, or mapped by another)`, { op });
-    if (!att[kMaps].has(sgt)) throw missing();
-    await this.#lock.run(op, async () => {
+    if (!att[kMaps].has(sgt)) return Promise.reject(missing());
+    // Started at once when the lock is free: an exporter whose unmap is synchronous (an
+    // import: the exporter is told by a notification) finishes here, with no promise job.
+    return this.#lock.runNow(op, () => {
       if (!att[kMaps].has(sgt)) throw missing();
-      await this.#unmapLocked(att, sgt);
+      return this.#unmapLocked(att, sgt);
     });
   }
 
-  async #unmapLocked(att: DmaBufAttachment<Priv>, sgt: SgTable): Promise<void> {
+  /** Unmaps with the lock held; synchronous when the exporter's unmap is. */
+  #unmapLocked(att: DmaBufAttachment<Priv>, sgt: SgTable): Promise<void> | void {
     this.#lock.assertHeld('unmap');
     const direction = att[kMaps].get(sgt)!;
-    try {
-      await this.ops.unmapDmaBuf(att, sgt, direction);
-    } catch (err) {
-      throw asOpError(err, 'unmap', 'ops.unmapDmaBuf');
-    } finally {
+    const done = (): void => {
       att[kMaps].delete(sgt);
       this.#mapCount -= 1;
       if (isWritableDirection(direction)) this.#writableMapCount -= 1;
       this.#lock.notify();
+    };
+    let r: Promise<void> | void;
+    try {
+      r = this.ops.unmapDmaBuf(att, sgt, direction);
+    } catch (err) {
+      done();
+      throw asOpError(err, 'unmap', 'ops.unmapDmaBuf');
     }
+    if (!isThenable(r)) {
+      done();
+      return;
+    }
+    return Promise.resolve(r).then(done, (err: unknown) => {
+      done();
+      throw asOpError(err, 'unmap', 'ops.unmapDmaBuf');
+    });
   }
 
-  async #detach(att: DmaBufAttachment<Priv>): Promise<void> {
+  #detach(att: DmaBufAttachment<Priv>): Promise<void> {
     const op = 'detach';
     const gone = (): DmaBufError => new DmaBufError('EINVAL', `${op}: the attachment is already detached`, { op });
-    if (att.detached || !this.#attachments.has(att)) throw gone();
-    await this.#lock.run(op, async () => {
-      if (!this.#attachments.has(att)) throw gone();
-      for (const sgt of [...att[kMaps].keys()]) await this.#unmapLocked(att, sgt);
+    if (att.detached || !this.#attachments.has(att)) return Promise.reject(gone());
+    let finished = false;
+    const finish = (): void => {
+      finished = true;
+      this.#attachments.delete(att);
+      att[kSetDetached]();
+      this.#lock.notify();
+    };
+    const detachOp = (): Promise<void> | void => {
+      let r: Promise<void> | void;
       try {
-        await this.ops.detach?.(this, att);
+        r = this.ops.detach?.(this, att);
       } catch (err) {
+        finish();
         throw asOpError(err, op, 'ops.detach');
-      } finally {
-        this.#attachments.delete(att);
-        att[kSetDetached]();
-        this.#lock.notify();
       }
-    });
-    this.#maybeRelease();
+      if (!isThenable(r)) {
+        finish();
+        return;
+      }
+      return Promise.resolve(r).then(finish, (err: unknown) => {
+        finish();
+        throw asOpError(err, op, 'ops.detach');
+      });
+    };
+    // Unmaps what the attachment still has, then detaches; synchronous (started at once when
+    // the lock is free) as long as the exporter's unmap and detach are.
+    const locked = (): Promise<void> | void => {
+      if (!this.#attachments.has(att)) throw gone();
+      const maps = [...att[kMaps].keys()];
+      const next = (i: number): Promise<void> | void => {
+        for (; i < maps.length; i++) {
+          const r = this.#unmapLocked(att, maps[i]!);
+          if (r) return r.then(() => next(i + 1));
+        }
+        return detachOp();
+      };
+      return next(0);
+    };
+    const done = this.#lock.runNow(op, locked);
+    if (finished) {
+      // Detached in this call (the lock is free again): the release check comes now too.
+      this.#maybeRelease();
+      return done;
+    }
+    return done.then(() => this.#maybeRelease());
   }
 
   #maybeRelease(): void {

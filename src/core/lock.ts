@@ -87,6 +87,37 @@ export class AsyncLock {
   }
 
   /**
+   * Runs `fn` with the lock held, as {@link run} does, but starts it in this call when the lock
+   * is free: a `fn` that returns no promise has then run, and released the lock, before this
+   * returns (the promise is already settled). Otherwise it waits in line like {@link run}.
+   */
+  runNow<T>(op: string, fn: () => Promise<T> | T, signal?: AbortSignal): Promise<T> {
+    if (this.#held || signal?.aborted) return this.run(op, fn, signal);
+    this.#held = true;
+    let r: Promise<T> | T;
+    try {
+      r = fn();
+    } catch (err) {
+      this.release();
+      return Promise.reject(err);
+    }
+    if (!isThenable(r)) {
+      this.release();
+      return Promise.resolve(r);
+    }
+    return Promise.resolve(r).then(
+      (v) => {
+        this.release();
+        return v;
+      },
+      (err: unknown) => {
+        this.release();
+        throw err;
+      },
+    );
+  }
+
+  /**
    * Wakes the waiters of {@link waitUntil} so that they test their predicate again. Call it
    * after changing state a predicate may depend on.
    */
@@ -126,4 +157,9 @@ export class AsyncLock {
       if (abortError) throw abortError;
     }
   }
+}
+
+/** Whether `v` is a promise (or any thenable) rather than a plain value. */
+export function isThenable<T>(v: T | PromiseLike<T>): v is PromiseLike<T> {
+  return typeof (v as { then?: unknown } | null | undefined)?.then === 'function';
 }

@@ -21,6 +21,7 @@ import { kAdoptMapped } from '../core/internal.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
 import type { CpuAccess, CpuAccessContext, DmaBufOps, OpContext } from '../core/ops.js';
 import { Device, type DeviceMapping } from '../core/device.js';
+import { isThenable } from '../core/lock.js';
 import type { MemoryObject } from '../core/memory.js';
 import { DIRECTIONS, isWritableDirection, type DmaDirection } from '../core/direction.js';
 import type { ForeignDescriptor, Prefetch } from '../core/hooks.js';
@@ -312,15 +313,11 @@ function mapReply(buf: DmaBuf<ImportedPriv>, device: Device, direction: DmaDirec
     memory.invalidate();
     throw err;
   }
-  if (!isPromise(mapping)) return made(mapping);
+  if (!isThenable(mapping)) return made(mapping);
   return mapping.then(made, (err: unknown) => {
     memory.invalidate();
     throw err;
   });
-}
-
-function isPromise<T>(v: T | Promise<T>): v is Promise<T> {
-  return typeof (v as { then?: unknown } | null)?.then === 'function';
 }
 
 const importOps: DmaBufOps<ImportedPriv> = {
@@ -380,7 +377,7 @@ const importOps: DmaBufOps<ImportedPriv> = {
     return made.sgt;
   },
 
-  async unmapDmaBuf(attachment: DmaBufAttachment<ImportedPriv>, sgt: SgTable) {
+  unmapDmaBuf(attachment: DmaBufAttachment<ImportedPriv>, sgt: SgTable) {
     const priv = attachment.dmabuf.priv;
     const entry = priv.maps.get(sgt);
     if (!entry) return;
@@ -740,19 +737,36 @@ function checkOffer(d: HandoffDelivery): CheckedOffer | null {
  * for. An offer this thread cannot use (no channel, a sender that is not the exporter) falls
  * back to `DmaBuf.get` of the file, which reaches the exporter through the file itself.
  *
- * @throws {DmaBufError} what `DmaBuf.get`, `attach` and `map` throw.
+ * The result comes in this call when it can (the usual case: a buffer new to this thread
+ * whose map made ahead a CPU device takes), else as a promise. Takes `d.file` and `d.fds`
+ * over in every case, also when it throws.
+ *
+ * @throws {DmaBufError} what `DmaBuf.get`, `attach` and `map` throw (synchronously, or by
+ *   rejecting the promise).
  */
-export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffMap | undefined; signal?: AbortSignal | undefined } = {}): Promise<AdoptedHandoff> {
+export function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffMap | undefined; signal?: AbortSignal | undefined } = {}): AdoptedHandoff | Promise<AdoptedHandoff> {
+  const want = options.map;
+  const offer = checkOffer(d);
+  if (offer && want) {
+    // The usual case: a buffer new to this thread, with a map made ahead that the device
+    // may take. Adopted, attached and mapped in one go, with no promise in between.
+    let took = false;
+    try {
+      const now = adoptMappedNow(d, offer, want, () => { took = true; });
+      if (now) return now;
+    } catch (err) {
+      if (!took) closeAll([d.file]);
+      throw err;
+    }
+  }
+  return adoptSlowly(d, offer, options);
+}
+
+/** The rest of {@link adoptHandoff}: through the buffer's file, or an import already here. */
+async function adoptSlowly(d: HandoffDelivery, offer: CheckedOffer | null, options: { map?: HandoffMap | undefined; signal?: AbortSignal | undefined }): Promise<AdoptedHandoff> {
   let file = d.file;
   try {
     const want = options.map;
-    const offer = checkOffer(d);
-    if (offer && want) {
-      // The usual case: a buffer new to this thread, with a map made ahead that the device
-      // may take. Adopted, attached and mapped in one go, with no promise in between.
-      const now = adoptMappedNow(d, offer, want, () => { file = -1; });
-      if (now) return await now;
-    }
     const buffer = await adoptFile(d, offer, options.signal, () => { file = -1; });
     if (!want) {
       // Nobody asked for the map made ahead: give it back now rather than stall the exporter.
@@ -761,13 +775,7 @@ export async function adoptHandoff(d: HandoffDelivery, options: { map?: HandoffM
     }
     return await attachMapped(buffer, want.device, want.direction, options.signal);
   } finally {
-    if (file >= 0) {
-      try {
-        native.close(file);
-      } catch {
-        // gone either way
-      }
-    }
+    if (file >= 0) closeAll([file]);
   }
 }
 
@@ -821,7 +829,7 @@ function adoptMappedNow(d: HandoffDelivery, offer: CheckedOffer, want: HandoffMa
   } catch (err) {
     return fail(err);
   }
-  return isPromise(made) ? made.then(adopt, fail) : adopt(made);
+  return isThenable(made) ? made.then(adopt, fail) : adopt(made);
 }
 
 /** The buffer object of a hand-off; calls `took()` when the object took `d.file` over. */

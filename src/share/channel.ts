@@ -15,7 +15,8 @@ import { DmaBuf, attachMapped } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import { ChannelMessageType, HANDOFF_MAX_FDS, decodeChannelMessage, encodeChannelMessage, encodeHandoffMessage } from '../transport/channel-wire.js';
 import { endRoute, offerHandoff, type HandoffOffer } from '../remote/handoff.js';
-import { adoptHandoff, declineHandoff, type HandoffMap } from '../remote/importer.js';
+import { adoptHandoff, declineHandoff, type AdoptedHandoff, type HandoffMap } from '../remote/importer.js';
+import { isThenable } from '../core/lock.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
 import type { SgTable } from '../core/sg-table.js';
 import { abortError, checkFd, checkSignal, displayAddress, normalizeAddress, untilClosed } from '../transport/unix-util.js';
@@ -93,15 +94,35 @@ interface SendItem {
 }
 
 interface ReceiveWaiter {
-  resolve: (m: RawMessage) => void;
+  /** Settles the receive with what `take` made of the message (or with the message). */
+  resolve: (value: unknown) => void;
   reject: (err: unknown) => void;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
+  /** Turns the message into the receive's result, as soon as it is read; may throw. */
+  take: ((m: RawMessage) => unknown) | undefined;
 }
 
 const kCreate = Symbol('BufferChannel.create');
 /** Descriptors adopted by a live channel of this thread (a second adoption would fight over it). */
 const adopted = new Set<number>();
+
+/** A failed import of a received buffer, as `receive` reports it. */
+function receiveError(err: unknown): DmaBufError {
+  const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err), { cause: err });
+  if (e.code === 'EMFILE' || e.code === 'ENFILE') {
+    return new DmaBufError(e.code, `receive: this process is out of descriptors (RLIMIT_NOFILE, see ulimit -n), so the buffer could not be imported; close descriptors and buffers you no longer need, or raise the limit (the message's descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
+  }
+  return new DmaBufError(e.code, `receive: the peer sent a descriptor that is not a buffer this process can get (the descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
+}
+
+/** `got` with the message's `meta` (added to the object, which is this receive's own). */
+function withMeta(got: AdoptedHandoff, meta: unknown): ReceivedBuffer {
+  const r = got as ReceivedBuffer;
+  r.meta = meta;
+  return r;
+}
+
 /** Consecutive libuv poll errors tolerated before the channel gives up. */
 const MAX_POLL_ERRORS = 64;
 
@@ -478,30 +499,42 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
    * try { ... } finally { buffer.put(); }
    * ```
    */
-  async receive(options: ReceiveOptions = {}): Promise<ReceivedBuffer> {
-    const raw = await this.#receiveRaw('receive', options);
+  receive(options: ReceiveOptions = {}): Promise<ReceivedBuffer> {
+    // The buffer is imported as soon as its message is read, in the same callback: a hand-off
+    // new to this thread is adopted and mapped there, and the receive settles once.
+    return this.#receiveRaw('receive', options, (raw) => this.#import(raw, options));
+  }
+
+  /** The buffer a received message carries, imported (and mapped when `options.map` asks). */
+  #import(raw: RawMessage, options: ReceiveOptions): ReceivedBuffer | Promise<ReceivedBuffer> {
     const { fd, meta } = raw;
-    let owned = true;
+    if (!raw.handoff) return this.#importFile(fd, meta, options);
+    const peer = this.#peer.pid !== process.pid ? this.#peer.pid : 0;
+    let got: AdoptedHandoff | Promise<AdoptedHandoff>;
+    try {
+      // Takes the descriptor over, also when it throws.
+      got = adoptHandoff({ file: fd, body: raw.handoff.body, fds: raw.handoff.fds, senderPid: peer }, { map: options?.map, signal: options?.signal });
+    } catch (err) {
+      throw receiveError(err);
+    }
+    if (!isThenable(got)) return withMeta(got, meta);
+    return Promise.resolve(got).then((g) => withMeta(g, meta), (err: unknown) => {
+      throw receiveError(err);
+    });
+  }
+
+  /** A plain descriptor: `DmaBuf.get`, which takes its own reference; `fd` is closed after. */
+  async #importFile(fd: number, meta: unknown, options: ReceiveOptions): Promise<ReceivedBuffer> {
     try {
       const signal = options?.signal;
       const map = options?.map;
-      if (raw.handoff) {
-        const peer = this.#peer.pid !== process.pid ? this.#peer.pid : 0;
-        owned = false; // adoptHandoff takes the descriptor over
-        const got = await adoptHandoff({ file: fd, body: raw.handoff.body, fds: raw.handoff.fds, senderPid: peer }, { map, signal });
-        return { ...got, meta };
-      }
       const buffer = await DmaBuf.get(fd, signal ? { signal } : {});
       if (!map) return { buffer, meta };
-      return { ...await attachMapped(buffer, map.device, map.direction, signal), meta };
+      return withMeta(await attachMapped(buffer, map.device, map.direction, signal), meta);
     } catch (err) {
-      const e = err instanceof DmaBufError ? err : new DmaBufError('EIO', String(err), { cause: err });
-      if (e.code === 'EMFILE' || e.code === 'ENFILE') {
-        throw new DmaBufError(e.code, `receive: this process is out of descriptors (RLIMIT_NOFILE, see ulimit -n), so the buffer could not be imported; close descriptors and buffers you no longer need, or raise the limit (the message's descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
-      }
-      throw new DmaBufError(e.code, `receive: the peer sent a descriptor that is not a buffer this process can get (the descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
+      throw receiveError(err);
     } finally {
-      if (owned) closeQuietly(fd);
+      closeQuietly(fd);
     }
   }
 
@@ -686,13 +719,24 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
   // ---------------------------------------------------------------------------------------
   // receiving
 
-  async #receiveRaw(op: string, options: ChannelOperationOptions): Promise<RawMessage> {
-    const signal = checkSignal(options, op);
-    if (this.#closed) throw closedError(op);
-    if (signal?.aborted) throw abortError(op, signal, 'before waiting; no message was consumed');
-    if (this.#peerClosed) throw peerClosedError(op);
-    return new Promise<RawMessage>((resolve, reject) => {
-      const waiter: ReceiveWaiter = { resolve, reject, signal, onAbort: undefined };
+  /**
+   * The next message; with `take`, what `take` makes of it as soon as it is read (in the
+   * callback that read it: a throw rejects the receive).
+   */
+  #receiveRaw(op: string, options: ChannelOperationOptions): Promise<RawMessage>;
+  #receiveRaw<T>(op: string, options: ChannelOperationOptions, take: (m: RawMessage) => T | Promise<T>): Promise<T>;
+  #receiveRaw(op: string, options: ChannelOperationOptions, take?: (m: RawMessage) => unknown): Promise<unknown> {
+    let signal: AbortSignal | undefined;
+    try {
+      signal = checkSignal(options, op);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (this.#closed) return Promise.reject(closedError(op));
+    if (signal?.aborted) return Promise.reject(abortError(op, signal, 'before waiting; no message was consumed'));
+    if (this.#peerClosed) return Promise.reject(peerClosedError(op));
+    return new Promise<unknown>((resolve, reject) => {
+      const waiter: ReceiveWaiter = { resolve, reject, signal, onAbort: undefined, take };
       if (signal) {
         waiter.onAbort = () => this.#abortReceive(waiter, op);
         signal.addEventListener('abort', waiter.onAbort, { once: true });
@@ -794,6 +838,15 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
     if (result instanceof DmaBufError) {
       waiter.reject(result);
       this.#emitError(result);
+    } else if (waiter.take) {
+      let value: unknown;
+      try {
+        value = waiter.take(result);
+      } catch (err) {
+        waiter.reject(err);
+        return;
+      }
+      waiter.resolve(value);
     } else {
       waiter.resolve(result);
     }

@@ -15,6 +15,7 @@ import { fileKey } from '../transport/buffer-file.js';
 import { checkFd } from '../transport/unix-util.js';
 import { endRoute, offerHandoff } from '../remote/handoff.js';
 import { adoptHandoff, declineHandoff, type AdoptedHandoff, type HandoffMap } from '../remote/importer.js';
+import { isThenable } from '../core/lock.js';
 
 /** The property that marks a buffer message (a string: symbols do not survive `postMessage`). */
 export const BUFFER_MESSAGE_MARKER = '__dmabufBuffer';
@@ -206,9 +207,18 @@ function takeMessage(message: unknown): { fd: number; key: string; meta: unknown
  * });
  * ```
  */
-export async function receiveBuffer(message: unknown, options: ReceiveBufferOptions = {}): Promise<AdoptedHandoff & { meta: unknown }> {
-  const { fd, key, meta, handoff } = takeMessage(message);
-  // Takes the descriptor over: the buffer keeps it, or it is closed.
-  const got = await adoptHandoff({ file: fd, key, body: handoff?.body ?? null, fds: handoff?.fds ?? [], senderPid: process.pid }, { map: options.map });
-  return { ...got, meta };
+export function receiveBuffer(message: unknown, options: ReceiveBufferOptions = {}): Promise<AdoptedHandoff & { meta: unknown }> {
+  let got: AdoptedHandoff | Promise<AdoptedHandoff>;
+  let meta: unknown;
+  try {
+    const m = takeMessage(message);
+    meta = m.meta;
+    // Takes the descriptor over: the buffer keeps it, or it is closed. A hand-off new to this
+    // thread is adopted and mapped in this call.
+    got = adoptHandoff({ file: m.fd, key: m.key, body: m.handoff?.body ?? null, fds: m.handoff?.fds ?? [], senderPid: process.pid }, { map: options?.map });
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  const withMeta = (g: AdoptedHandoff): AdoptedHandoff & { meta: unknown } => Object.assign(g, { meta });
+  return isThenable(got) ? Promise.resolve(got).then(withMeta) : Promise.resolve(withMeta(got));
 }
