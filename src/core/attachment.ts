@@ -7,7 +7,8 @@ import type { DmaBuf } from './dma-buf.js';
 import type { Device } from './device.js';
 import type { DmaDirection } from './direction.js';
 import type { SgTable } from './sg-table.js';
-import { kMaps, kSetDetached } from './internal.js';
+import { kMapNow, kMaps, kSetDetached } from './internal.js';
+import { promiseOf, type Now } from './now.js';
 
 /** Options of {@link DmaBufAttachment.map}. */
 export interface MapOptions {
@@ -20,7 +21,8 @@ type AnyAttachment = DmaBufAttachment<any>;
 
 /** What a buffer does for its attachments. @internal */
 export interface AttachmentOwner {
-  map(attachment: AnyAttachment, direction: DmaDirection, signal: AbortSignal | undefined): Promise<SgTable>;
+  /** In this call when it can be (the result, or a throw), else a promise. */
+  map(attachment: AnyAttachment, direction: DmaDirection, signal: AbortSignal | undefined): Now<SgTable>;
   unmap(attachment: AnyAttachment, sgt: SgTable): Promise<void>;
   detach(attachment: AnyAttachment): Promise<void>;
 }
@@ -77,7 +79,12 @@ export class DmaBufAttachment<Priv = unknown> implements AsyncDisposable {
    * ```
    */
   map(direction: DmaDirection, options: MapOptions = {}): Promise<SgTable> {
-    return this.#owner.map(this, direction, options?.signal);
+    return promiseOf(() => this.#owner.map(this, direction, options?.signal));
+  }
+
+  /** @internal {@link map}, in this call when the buffer's lock is free and the exporter maps synchronously; may throw. */
+  [kMapNow](direction: DmaDirection): Now<SgTable> {
+    return this.#owner.map(this, direction, undefined);
   }
 
   /**

@@ -6,7 +6,8 @@
  */
 import { constants as fsConstants } from 'node:fs';
 import { DmaBufError } from './errors.js';
-import { AsyncLock, interrupted, isThenable } from './lock.js';
+import { AsyncLock, interrupted } from './lock.js';
+import { andThen, isThenable, promiseOf, type Now } from './now.js';
 import { DmaBufAttachment, type AttachmentOwner } from './attachment.js';
 import { Device } from './device.js';
 import { checkMapDirection, isWritableDirection, type DmaDirection } from './direction.js';
@@ -436,13 +437,18 @@ export class DmaBuf<Priv = unknown> implements Disposable {
    * @throws {DmaBufError} `EINVAL` after put or for something that is not a {@link Device};
    *   `EBUSY` when the exporter cannot share the storage with the device.
    */
-  async attach(device: Device): Promise<DmaBufAttachment<Priv>> {
-    this.#assertLive('attach');
-    return this.#attach(device, () => this.#assertLive('attach'));
+  attach(device: Device): Promise<DmaBufAttachment<Priv>> {
+    return promiseOf(() => {
+      this.#assertLive('attach');
+      return this.#attach(device, () => this.#assertLive('attach'));
+    });
   }
 
-  /** @internal A remote importer's attach: its descriptor of the file is its reference. */
-  [kAttachRemote](device: Device): Promise<DmaBufAttachment<Priv>> {
+  /**
+   * @internal A remote importer's attach: its descriptor of the file is its reference. In
+   * this call when it can be (see `#attach`); may throw.
+   */
+  [kAttachRemote](device: Device): Now<DmaBufAttachment<Priv>> {
     const live = (): void => {
       if (this.#released) throw new DmaBufError('EINVAL', 'attach: the buffer has been released', { op: 'attach' });
     };
@@ -490,21 +496,27 @@ export class DmaBuf<Priv = unknown> implements Disposable {
   }
 
 
-  async #attach(device: Device, live: () => void): Promise<DmaBufAttachment<Priv>> {
+  /** Attaches with the lock held; in this call when the lock is free and `ops.attach` is synchronous. */
+  #attach(device: Device, live: () => void): Now<DmaBufAttachment<Priv>> {
     const op = 'attach';
     checkDevice(op, device);
-    return this.#lock.run(op, async () => {
+    return this.#lock.tryRun(op, () => {
       live();
       const attachment = new DmaBufAttachment<Priv>(this, device, this.#owner);
-      if (this.ops.attach) {
-        try {
-          await this.ops.attach(this, device, attachment);
-        } catch (err) {
-          throw asOpError(err, op, 'ops.attach');
-        }
+      const added = (): DmaBufAttachment<Priv> => {
+        this.#attachments.add(attachment);
+        return attachment;
+      };
+      if (!this.ops.attach) return added();
+      let r: Promise<void> | void;
+      try {
+        r = this.ops.attach(this, device, attachment);
+      } catch (err) {
+        throw asOpError(err, op, 'ops.attach');
       }
-      this.#attachments.add(attachment);
-      return attachment;
+      return andThen(r, added, (err: unknown) => {
+        throw asOpError(err, op, 'ops.attach');
+      });
     });
   }
 
@@ -692,7 +704,8 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     await this.#lock.waitUntil('waitForNoMaps', pred, ctx.signal);
   }
 
-  async #map(att: DmaBufAttachment<Priv>, direction: DmaDirection, signal: AbortSignal | undefined): Promise<SgTable> {
+  /** Maps with the lock held; in this call when the lock is free and `ops.mapDmaBuf` is synchronous; may throw. */
+  #map(att: DmaBufAttachment<Priv>, direction: DmaDirection, signal: AbortSignal | undefined): Now<SgTable> {
     const op = 'map';
     checkMapDirection(op, direction);
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
@@ -708,27 +721,35 @@ export class DmaBuf<Priv = unknown> implements Disposable {
       }
     };
     check();
-    return this.#lock.run(op, async () => {
+    return this.#lock.tryRun(op, () => {
       check();
-      let sgt: SgTable;
+      let r: Now<SgTable>;
       try {
-        sgt = await this.ops.mapDmaBuf(att, direction, { signal });
+        r = this.ops.mapDmaBuf(att, direction, { signal });
       } catch (err) {
         throw asOpError(err, op, 'ops.mapDmaBuf');
       }
-      if (!(sgt instanceof SgTable)) {
-        throw new DmaBufError('EIO', `${op}: the exporter "${this.exporter}" returned something that is not an SgTable from mapDmaBuf`, { op });
-      }
-      for (const other of this.#attachments) {
-        if (other[kMaps].has(sgt)) {
-          throw new DmaBufError('EIO', `${op}: the exporter "${this.exporter}" returned a table that is already mapped; mapDmaBuf must return a new SgTable for every map`, { op });
-        }
-      }
-      att[kMaps].set(sgt, direction);
-      this.#mapCount += 1;
-      if (isWritableDirection(direction)) this.#writableMapCount += 1;
-      return sgt;
+      return andThen(r, (sgt) => this.#mapped(att, direction, sgt), (err: unknown) => {
+        throw asOpError(err, op, 'ops.mapDmaBuf');
+      });
     }, signal);
+  }
+
+  /** Records a table `ops.mapDmaBuf` returned, after checking it. */
+  #mapped(att: DmaBufAttachment<Priv>, direction: DmaDirection, sgt: SgTable): SgTable {
+    const op = 'map';
+    if (!(sgt instanceof SgTable)) {
+      throw new DmaBufError('EIO', `${op}: the exporter "${this.exporter}" returned something that is not an SgTable from mapDmaBuf`, { op });
+    }
+    for (const other of this.#attachments) {
+      if (other[kMaps].has(sgt)) {
+        throw new DmaBufError('EIO', `${op}: the exporter "${this.exporter}" returned a table that is already mapped; mapDmaBuf must return a new SgTable for every map`, { op });
+      }
+    }
+    att[kMaps].set(sgt, direction);
+    this.#mapCount += 1;
+    if (isWritableDirection(direction)) this.#writableMapCount += 1;
+    return sgt;
   }
 
   #unmap(att: DmaBufAttachment<Priv>, sgt: SgTable): Promise<void> {

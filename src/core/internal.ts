@@ -8,6 +8,8 @@
 
 /** The attachment's live maps: table -> direction. */
 export const kMaps = Symbol('dmabuf.maps');
+/** An attachment's map, in the call when it can be (for the exporter's service). */
+export const kMapNow = Symbol('dmabuf.mapNow');
 /** Marks an attachment detached. */
 export const kSetDetached = Symbol('dmabuf.setDetached');
 /** Attaches a remote importer's device: allowed while any descriptor of the file is open. */

@@ -10,6 +10,7 @@
  * @module
  */
 import { DmaBufError } from './errors.js';
+import { isThenable, promiseOf, type Now } from './now.js';
 
 interface Waiter {
   resolve: () => void;
@@ -87,23 +88,23 @@ export class AsyncLock {
   }
 
   /**
-   * Runs `fn` with the lock held, as {@link run} does, but starts it in this call when the lock
-   * is free: a `fn` that returns no promise has then run, and released the lock, before this
-   * returns (the promise is already settled). Otherwise it waits in line like {@link run}.
+   * Runs `fn` with the lock held, starting it in this call when the lock is free: a `fn` that
+   * returns a plain value (or throws) has then run and released the lock before this returns
+   * its value (or throws). Otherwise the result is a promise, as from {@link run}.
    */
-  runNow<T>(op: string, fn: () => Promise<T> | T, signal?: AbortSignal): Promise<T> {
+  tryRun<T>(op: string, fn: () => Now<T>, signal?: AbortSignal): Now<T> {
     if (this.#held || signal?.aborted) return this.run(op, fn, signal);
     this.#held = true;
-    let r: Promise<T> | T;
+    let r: Now<T>;
     try {
       r = fn();
     } catch (err) {
       this.release();
-      return Promise.reject(err);
+      throw err;
     }
     if (!isThenable(r)) {
       this.release();
-      return Promise.resolve(r);
+      return r;
     }
     return Promise.resolve(r).then(
       (v) => {
@@ -115,6 +116,11 @@ export class AsyncLock {
         throw err;
       },
     );
+  }
+
+  /** {@link tryRun}, as a promise (already settled when `fn` finished in the call). */
+  runNow<T>(op: string, fn: () => Now<T>, signal?: AbortSignal): Promise<T> {
+    return promiseOf(() => this.tryRun(op, fn, signal));
   }
 
   /**
@@ -159,7 +165,3 @@ export class AsyncLock {
   }
 }
 
-/** Whether `v` is a promise (or any thenable) rather than a plain value. */
-export function isThenable<T>(v: T | PromiseLike<T>): v is PromiseLike<T> {
-  return typeof (v as { then?: unknown } | null | undefined)?.then === 'function';
-}

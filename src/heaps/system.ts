@@ -15,6 +15,7 @@ import { DmaBufError } from '../core/errors.js';
 import { Invalidations, type MemoryObject } from '../core/memory.js';
 import type { DmaBufOps, OpContext } from '../core/ops.js';
 import { SgTable } from '../core/sg-table.js';
+import { andThen, type Now } from '../core/now.js';
 import { native, own, closeOwned } from '../native/binding.js';
 
 const EXPORTER = 'system';
@@ -206,6 +207,18 @@ function checkPageSize(op: string, pageSize: number): void {
 }
 
 /** Gets the storage for the current attachments: allocates it, or moves it after waiting for every map to go. */
+/** Maps `storage` for the attachment's device: a table over the device's mapping. */
+function mapStorage(attachment: DmaBufAttachment<SystemBufferPriv>, direction: DmaDirection, storage: Storage, ctx: OpContext): Now<SgTable> {
+  const buf = attachment.dmabuf;
+  const constraints = { ...attachment.device.constraints, pageSize: storage.pageSize };
+  const plan = planSegments(buf.size, constraints);
+  if (!plan) {
+    throw new DmaBufError('EINVAL', `map: device "${attachment.device.name}" cannot address the buffer's storage`, { op: 'map' });
+  }
+  const access = isWritableDirection(direction) && !storage.writeSealed ? 'write' : 'read';
+  return andThen(attachment.device.mapMemory({ memory: storage, access, signal: ctx.signal }), (mapping) => tableOfMapping(buf.size, plan, mapping, buf.priv.mappings));
+}
+
 async function storageFor(buf: DmaBuf<SystemBufferPriv>, ctx: OpContext): Promise<Storage> {
   const priv = buf.priv;
   let need = pageSizeNeeded(buf);
@@ -281,17 +294,13 @@ const systemOps: DmaBufOps<SystemBufferPriv> = {
     return storage !== null && storage.pageSize >= pageSizeNeeded(buf);
   },
 
-  async mapDmaBuf(attachment: DmaBufAttachment<SystemBufferPriv>, direction: DmaDirection, ctx: OpContext): Promise<SgTable> {
+  mapDmaBuf(attachment: DmaBufAttachment<SystemBufferPriv>, direction: DmaDirection, ctx: OpContext): Now<SgTable> {
     const buf = attachment.dmabuf;
-    const storage = await storageFor(buf, ctx);
-    const constraints = { ...attachment.device.constraints, pageSize: storage.pageSize };
-    const plan = planSegments(buf.size, constraints);
-    if (!plan) {
-      throw new DmaBufError('EINVAL', `map: device "${attachment.device.name}" cannot address the buffer's storage`, { op: 'map' });
-    }
-    const access = isWritableDirection(direction) && !storage.writeSealed ? 'write' : 'read';
-    const mapping = await attachment.device.mapMemory({ memory: storage, access, signal: ctx.signal });
-    return tableOfMapping(buf.size, plan, mapping, buf.priv.mappings);
+    // Storage that needs neither allocating nor moving is mapped in this call (when the
+    // device maps synchronously, as a CPU does).
+    const ready = buf.priv.storage;
+    if (ready && ready.pageSize >= pageSizeNeeded(buf)) return mapStorage(attachment, direction, ready, ctx);
+    return storageFor(buf, ctx).then((storage) => mapStorage(attachment, direction, storage, ctx));
   },
 
   unmapDmaBuf(attachment: DmaBufAttachment<SystemBufferPriv>, sgt: SgTable): void {

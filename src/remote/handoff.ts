@@ -20,6 +20,7 @@ import type { DmaBuf } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import { kExportedHere } from '../core/internal.js';
 import { native } from '../native/binding.js';
+import { andThen, type Now } from '../core/now.js';
 import { ServiceChannel, describe, type Answer } from './service.js';
 import { RemoteDevice } from './remote-device.js';
 
@@ -71,11 +72,11 @@ const routes = new WeakMap<object, Route>();
 /**
  * Prepares a hand-off of `buf` to the receiver at the end of `route`, whose process is
  * `peerPid`. Returns null when this thread did not export `buf` (the receiver then imports it
- * through the buffer's file, as any holder does).
+ * through the buffer's file, as any holder does). The offer comes in this call when the attach
+ * and map made ahead do (see {@link ServiceChannel.mapAhead}), else as a promise; may throw.
  */
-export async function offerHandoff(buf: DmaBuf, route: object, peerPid: number, transport: HandoffTransport): Promise<HandoffOffer | null> {
+export function offerHandoff(buf: DmaBuf, route: object, peerPid: number, transport: HandoffTransport): Now<HandoffOffer | null> {
   if (!buf[kExportedHere]) return null;
-  const fds: number[] = [];
   let theirs = -1;
   let route_ = routes.get(route);
   if (!route_ || route_.channel.conn.closed) {
@@ -96,16 +97,23 @@ export async function offerHandoff(buf: DmaBuf, route: object, peerPid: number, 
   const { channel } = route_;
   channel.adopt(buf);
   const body: Record<string, unknown> = describe(buf, channel, false);
-  let ahead: Answer | undefined;
-  if (buf.ops.storageReady?.(buf) === true) {
-    try {
-      const direction = buf.readOnly ? 'to-device' : 'bidirectional';
-      ahead = await channel.mapAhead(buf, handoffDevice(channel.pid), direction);
-    } catch {
-      // Not fatal: the receiver asks for its attach and map itself.
-      ahead = undefined;
-    }
+  const offer = (ahead: Answer | undefined): HandoffOffer => makeOffer(channel, body, ahead, theirs, transport);
+  if (buf.ops.storageReady?.(buf) !== true) return offer(undefined);
+  // Not fatal when it fails: the receiver asks for its attach and map itself.
+  const none = (): HandoffOffer => offer(undefined);
+  let ahead: Now<Answer>;
+  try {
+    const direction = buf.readOnly ? 'to-device' : 'bidirectional';
+    ahead = channel.mapAhead(buf, handoffDevice(channel.pid), direction);
+  } catch {
+    return none();
   }
+  return andThen(ahead, offer, none);
+}
+
+/** The offer of a description, a map made ahead (if any) and a channel's end (if `theirs` >= 0). */
+function makeOffer(channel: ServiceChannel, body: Record<string, unknown>, ahead: Answer | undefined, theirs: number, transport: HandoffTransport): HandoffOffer {
+  const fds: number[] = [];
   if (ahead) {
     body.map = ahead.body;
     const memory = ahead.fds[0]!;

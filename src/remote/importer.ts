@@ -21,7 +21,7 @@ import { kAdoptMapped } from '../core/internal.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
 import type { CpuAccess, CpuAccessContext, DmaBufOps, OpContext } from '../core/ops.js';
 import { Device, type DeviceMapping } from '../core/device.js';
-import { isThenable } from '../core/lock.js';
+import { isThenable } from '../core/now.js';
 import type { MemoryObject } from '../core/memory.js';
 import { DIRECTIONS, isWritableDirection, type DmaDirection } from '../core/direction.js';
 import type { ForeignDescriptor, Prefetch } from '../core/hooks.js';

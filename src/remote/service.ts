@@ -19,8 +19,9 @@ import type { DmaBuf } from '../core/dma-buf.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
 import { DmaBufError } from '../core/errors.js';
 import { AsyncLock } from '../core/lock.js';
-import { RemoteDevice } from './remote-device.js';
-import { kAttachRemote, kOnRelease } from '../core/internal.js';
+import { andThen, type Now } from '../core/now.js';
+import { RemoteDevice, type RemoteMapping } from './remote-device.js';
+import { kAttachRemote, kMapNow, kOnRelease } from '../core/internal.js';
 import { lookup } from '../core/registry.js';
 import { DIRECTIONS, type DmaDirection } from '../core/direction.js';
 import type { SgTable } from '../core/sg-table.js';
@@ -153,27 +154,39 @@ export class ServiceChannel {
   /**
    * An attach of `device` and a map in `direction` made ahead, for a HELLO that asked for
    * them or for a hand-off: the body of the answer holds the attachment's id and what a MAP
-   * answers; undo gives both back.
+   * answers; undo gives both back. The answer comes in this call when the buffer's lock is
+   * free and the exporter attaches and maps synchronously (a system-heap buffer whose storage
+   * exists), else as a promise.
    *
    * @throws {DmaBufError} `EPIPE` when the importer went away meanwhile (nothing is left);
    *   what attach and map throw.
    */
-  async mapAhead(buf: DmaBuf, device: RemoteDevice, direction: DmaDirection): Promise<Answer> {
-    const attached = await this.#attach(buf, device);
-    if (!attached) throw new DmaBufError('EPIPE', 'the importer is gone', { op: 'attach' });
-    const attId = attached.body.attachment as number;
-    try {
-      const mapped = await this.#map(attId, this.attachments.get(attId), direction);
-      if (!mapped) throw new DmaBufError('EPIPE', 'the importer is gone', { op: 'map' });
-      return {
-        body: { attachment: attId, ...mapped.body },
-        fds: mapped.fds,
-        undo: async () => { await mapped.undo?.(); await attached.undo?.(); },
+  mapAhead(buf: DmaBuf, device: RemoteDevice, direction: DmaDirection): Now<Answer> {
+    const gone = (op: string): DmaBufError => new DmaBufError('EPIPE', 'the importer is gone', { op });
+    return andThen(this.#attach(buf, device), (attached) => {
+      if (!attached) throw gone('attach');
+      const attId = attached.body.attachment as number;
+      const undoAttach = (err: unknown): Promise<never> => {
+        const fail = (): never => {
+          throw err;
+        };
+        return Promise.resolve(attached.undo?.()).then(fail, fail);
       };
-    } catch (err) {
-      await attached.undo?.().catch(() => {});
-      throw err;
-    }
+      let mapped: Now<Answer | undefined>;
+      try {
+        mapped = this.#map(attId, this.attachments.get(attId), direction);
+      } catch (err) {
+        return undoAttach(err);
+      }
+      return andThen(mapped, (m): Answer | Promise<never> => {
+        if (!m) return undoAttach(gone('map'));
+        return {
+          body: { attachment: attId, ...m.body },
+          fds: m.fds,
+          undo: async () => { await m.undo?.(); await attached.undo?.(); },
+        };
+      }, undoAttach);
+    });
   }
 
   nextId(): number {
@@ -350,20 +363,30 @@ export class ServiceChannel {
     }, field.str(dev, 'kind', 64), this.pid);
   }
 
-  /** Attaches the importer's `device` (an ATTACH); undefined when the channel closed meanwhile. */
-  async #attach(buf: DmaBuf, device: RemoteDevice): Promise<Answer | undefined> {
+  /**
+   * Attaches the importer's `device` (an ATTACH); undefined when the channel closed meanwhile.
+   * In this call when the buffer's lock is free and the exporter attaches synchronously.
+   */
+  #attach(buf: DmaBuf, device: RemoteDevice): Now<Answer | undefined> {
     charge(this.pid, 'attachments', 'attach');
-    let att: DmaBufAttachment;
-    try {
-      att = await buf[kAttachRemote](device);
-    } catch (err) {
+    const refundAttach = (err: unknown): never => {
       refund(this.pid, 'attachments');
       throw err;
+    };
+    let att: Now<DmaBufAttachment>;
+    try {
+      att = buf[kAttachRemote](device);
+    } catch (err) {
+      return refundAttach(err);
     }
+    return andThen(att, (a) => this.#attached(a, device), refundAttach);
+  }
+
+  /** The answer of an attach that succeeded (or its undoing when the channel closed meanwhile). */
+  #attached(att: DmaBufAttachment, device: RemoteDevice): Answer | Promise<undefined> {
     if (this.conn.closed) {
       refund(this.pid, 'attachments');
-      await att.detach();
-      return undefined;
+      return att.detach().then(() => undefined);
     }
     const attId = this.nextId();
     this.attachments.set(attId, { att, device, mapLock: new AsyncLock(), maps: new Set() });
@@ -379,39 +402,46 @@ export class ServiceChannel {
    * Maps attachment `attId` (a MAP): the answer carries the table's runs and the memory to
    * send; undefined when the channel or the attachment went away meanwhile.
    */
-  async #map(attId: number, entry: RemoteAttachment | undefined, direction: DmaDirection): Promise<Answer | undefined> {
+  #map(attId: number, entry: RemoteAttachment | undefined, direction: DmaDirection): Now<Answer | undefined> {
     if (!entry) return undefined;
     charge(this.pid, 'maps', 'map');
-    let made;
-    try {
-      made = await entry.mapLock.run('map', async () => {
-        const table = await entry.att.map(direction);
-        return { sgt: table, mapping: entry.device.takePending() };
-      });
-    } catch (err) {
+    const refundMap = (err: unknown): never => {
       refund(this.pid, 'maps');
       throw err;
+    };
+    let made: Now<{ sgt: SgTable; mapping: RemoteMapping | null }>;
+    try {
+      // One map at a time per attachment: the device's pending memory is this map's.
+      made = entry.mapLock.tryRun('map', () => andThen(entry.att[kMapNow](direction), (sgt) => ({ sgt, mapping: entry.device.takePending() })));
+    } catch (err) {
+      return refundMap(err);
     }
-    const { sgt, mapping } = made;
+    return andThen(made, ({ sgt, mapping }) => this.#mapped(attId, entry, sgt, mapping), refundMap);
+  }
+
+  /** The answer of a map that succeeded: the table's runs and the memory to send. */
+  #mapped(attId: number, entry: RemoteAttachment, sgt: SgTable, mapping: RemoteMapping | null): Answer | Promise<undefined> {
     // From here the map counts until it is in this.maps, then until it leaves it.
     const uncount = (): void => refund(this.pid, 'maps');
     if (!mapping) {
       uncount();
-      await entry.att.unmap(sgt);
-      throw new DmaBufError('EINVAL', `map: the exporter "${entry.att.dmabuf.exporter}" has no memory a device in another process can map`, { op: 'map' });
+      return entry.att.unmap(sgt).then(() => {
+        throw new DmaBufError('EINVAL', `map: the exporter "${entry.att.dmabuf.exporter}" has no memory a device in another process can map`, { op: 'map' });
+      });
     }
     if (this.conn.closed || !this.attachments.has(attId)) {
       uncount();
-      if (!entry.att.detached) await entry.att.unmap(sgt).catch(() => {});
-      return undefined;
+      if (entry.att.detached) return Promise.resolve(undefined);
+      return entry.att.unmap(sgt).then(() => undefined, () => undefined);
     }
     let runs;
     try {
       runs = toRuns(sgt.segments);
     } catch (err) {
       uncount();
-      await entry.att.unmap(sgt);
-      throw err;
+      return entry.att.unmap(sgt).then(() => {
+        throw err;
+      });
     }
     const mapId = this.nextId();
     this.maps.set(mapId, { attachment: attId, sgt });

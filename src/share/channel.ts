@@ -16,7 +16,7 @@ import { DmaBufError } from '../core/errors.js';
 import { ChannelMessageType, HANDOFF_MAX_FDS, decodeChannelMessage, encodeChannelMessage, encodeHandoffMessage } from '../transport/channel-wire.js';
 import { endRoute, offerHandoff, type HandoffOffer } from '../remote/handoff.js';
 import { adoptHandoff, declineHandoff, type AdoptedHandoff, type HandoffMap } from '../remote/importer.js';
-import { isThenable } from '../core/lock.js';
+import { isThenable, type Now } from '../core/now.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
 import type { SgTable } from '../core/sg-table.js';
 import { abortError, checkFd, checkSignal, displayAddress, normalizeAddress, untilClosed } from '../transport/unix-util.js';
@@ -409,27 +409,43 @@ export class BufferChannel extends EventEmitter implements AsyncIterable<Receive
    * buf.put(); // the peer holds its own reference now
    * ```
    */
-  async send(buf: DmaBuf, meta?: unknown, options: ChannelOperationOptions = {}): Promise<void> {
+  send(buf: DmaBuf, meta?: unknown, options: ChannelOperationOptions = {}): Promise<void> {
     const op = 'send';
-    if (!(buf instanceof DmaBuf)) {
-      throw new DmaBufError('EINVAL', `${op}: expected a DmaBuf (use sendFd() to send a raw descriptor)`, { op });
+    let sent: Promise<void>;
+    let item: SendItem;
+    try {
+      if (!(buf instanceof DmaBuf)) {
+        throw new DmaBufError('EINVAL', `${op}: expected a DmaBuf (use sendFd() to send a raw descriptor)`, { op });
+      }
+      const signal = checkSignal(options, op);
+      const data = encodeChannelMessage(meta, op);
+      this.#checkCanSend(op, signal);
+      // The descriptor now (the caller may put the buffer as soon as this returns); the queue
+      // keeps its place while the exporter's offer is prepared, so messages leave in order.
+      item = this.#newItem(data, buf.fd(), signal, false);
+      sent = this.#enqueue(item);
+    } catch (err) {
+      return Promise.reject(err);
     }
-    const signal = checkSignal(options, op);
-    const data = encodeChannelMessage(meta, op);
-    this.#checkCanSend(op, signal);
-    // The descriptor now (the caller may put the buffer as soon as this returns); the queue
-    // keeps its place while the exporter's offer is prepared, so messages leave in order.
-    const item = this.#newItem(data, buf.fd(), signal, false);
-    const sent = this.#enqueue(item);
-    void this.#prepareOffer(item, buf, meta);
+    // Usually ready in this call (the attach and map made ahead are synchronous): the message
+    // then leaves before send returns.
+    let offer: Now<HandoffOffer | null>;
+    try {
+      offer = offerHandoff(buf, this, this.#peer.pid, 'socket');
+    } catch {
+      offer = null;
+    }
+    if (isThenable(offer)) {
+      void Promise.resolve(offer).then((o) => this.#offerReady(item, o, meta), () => this.#offerReady(item, null, meta));
+    } else {
+      this.#offerReady(item, offer, meta);
+    }
     return sent;
   }
 
-  /** Adds the exporter's hand-off offer to a queued item, then lets the queue go on. */
-  async #prepareOffer(item: SendItem, buf: DmaBuf, meta: unknown): Promise<void> {
-    let offer: HandoffOffer | null = null;
+  /** Adds the exporter's hand-off offer (if any) to a queued item, then lets the queue go on. */
+  #offerReady(item: SendItem, offer: HandoffOffer | null, meta: unknown): void {
     try {
-      offer = await offerHandoff(buf, this, this.#peer.pid, 'socket');
       if (offer) {
         if (item.fd < 0) {
           offer.failed(); // aborted or closed meanwhile

@@ -13,9 +13,9 @@ import { DmaBufError } from '../core/errors.js';
 import { native } from '../native/binding.js';
 import { fileKey } from '../transport/buffer-file.js';
 import { checkFd } from '../transport/unix-util.js';
-import { endRoute, offerHandoff } from '../remote/handoff.js';
+import { endRoute, offerHandoff, type HandoffOffer } from '../remote/handoff.js';
 import { adoptHandoff, declineHandoff, type AdoptedHandoff, type HandoffMap } from '../remote/importer.js';
-import { isThenable } from '../core/lock.js';
+import { andThen, isThenable, type Now } from '../core/now.js';
 
 /** The property that marks a buffer message (a string: symbols do not survive `postMessage`). */
 export const BUFFER_MESSAGE_MARKER = '__dmabufBuffer';
@@ -88,8 +88,20 @@ export function postBuffer(port: MessageTarget, buf: DmaBuf, meta?: unknown): Pr
   }
   // The descriptor now: the caller may put the buffer as soon as this returns.
   const fd = buf.fd();
-  const before = queues.get(port) ?? Promise.resolve();
-  const done = before.then(() => post(port, buf, fd, meta));
+  const before = queues.get(port);
+  if (before) return inLine(port, before.then(() => post(port, buf, fd, meta)));
+  // Nothing before it: posted in this call when the offer is ready in it (the usual case).
+  let posted: Now<void>;
+  try {
+    posted = post(port, buf, fd, meta);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  return isThenable(posted) ? inLine(port, Promise.resolve(posted)) : Promise.resolve();
+}
+
+/** Makes the next post to `port` wait for `done`. */
+function inLine(port: MessageTarget, done: Promise<void>): Promise<void> {
   const tail = done.catch(() => {});
   queues.set(port, tail);
   void tail.then(() => { if (queues.get(port) === tail) queues.delete(port); });
@@ -105,16 +117,21 @@ function endRouteWith(port: MessageTarget): void {
   emitter.once.call(port, 'exit', end);
 }
 
-async function post(port: MessageTarget, buf: DmaBuf, fd: number, meta: unknown): Promise<void> {
-  const op = 'postBuffer';
-  let offer = null;
+/** Posts the message, with the exporter's offer when there is one; in this call when the offer is. */
+function post(port: MessageTarget, buf: DmaBuf, fd: number, meta: unknown): Now<void> {
+  let offer: Now<HandoffOffer | null>;
   try {
-    offer = await offerHandoff(buf, port, process.pid, 'thread');
-    if (offer?.body.channel === true) endRouteWith(port);
+    offer = offerHandoff(buf, port, process.pid, 'thread');
   } catch {
     offer = null; // the receiver imports through the file
   }
+  return andThen(offer, (o) => deliver(port, fd, meta, o), () => deliver(port, fd, meta, null));
+}
+
+function deliver(port: MessageTarget, fd: number, meta: unknown, offer: HandoffOffer | null): void {
+  const op = 'postBuffer';
   try {
+    if (offer?.body.channel === true) endRouteWith(port);
     const message: BufferMessage = { [BUFFER_MESSAGE_MARKER]: true, fd, key: fileKey(fd), pid: process.pid, meta };
     if (offer) message.handoff = { body: offer.body, fds: [...offer.fds] };
     port.postMessage(message);

@@ -58,25 +58,32 @@ test('runNow with an aborted signal rejects with EINTR and runs nothing', async 
   assert.equal(lock.held, false);
 });
 
-test('unmap and detach of a system-heap buffer finish in the call when nothing else holds its lock', async () => {
+test('map, unmap and detach of a system-heap buffer finish in the call when nothing else holds its lock', async () => {
   using buf = systemHeap.allocate(3 * 4096, { name: 'sync-unmap' });
   const att = await buf.attach(new CpuDevice());
-  const sgt = await att.map('to-device');
+  // The first map allocates the storage, asynchronously: it holds the lock meanwhile, and a
+  // detach waits for it, then unmaps what it made.
+  const first = att.map('bidirectional');
+  const detached = att.detach();
+  assert.equal(att.detached, false, 'detach waits while a map holds the lock');
+  const made = await first;
+  await detached;
+  assert.equal(att.detached, true);
+  assert.equal(made.segments[0]!.view!.byteLength, 0, 'the map that was in flight was unmapped by detach');
+  assert.equal(buf.mapCount, 0);
+
+  // The storage exists now: map, unmap and detach each finish before their promise is awaited.
+  const again = await buf.attach(new CpuDevice());
+  const mapping = again.map('to-device');
+  assert.equal(buf.mapCount, 1, 'mapped in the call');
+  const sgt = await mapping;
   const view = sgt.segments[0]!.view!;
-  const unmapped = att.unmap(sgt);
+  const unmapped = again.unmap(sgt);
   assert.equal(view.byteLength, 0, 'the view is detached before the promise is awaited');
   assert.equal(buf.mapCount, 0);
   await unmapped;
-  const again = await att.map('bidirectional');
-  // A map in flight holds the lock: a detach then waits for it, and unmaps what it made.
-  const mapping = att.map('to-device');
-  const detached = att.detach();
-  assert.equal(att.detached, false, 'detach waits while a map holds the lock');
-  const late = await mapping;
-  await detached;
-  assert.equal(att.detached, true);
-  assert.equal(again.segments[0]!.view!.byteLength, 0);
-  assert.equal(late.segments[0]!.view!.byteLength, 0, 'the map that was in flight was unmapped by detach');
-  assert.equal(buf.mapCount, 0);
+  const last = again.detach();
+  assert.equal(again.detached, true, 'detached in the call');
   assert.equal(buf.attachments.length, 0);
+  await last;
 });
