@@ -795,9 +795,8 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     const op = 'detach';
     const gone = (): DmaBufError => new DmaBufError('EINVAL', `${op}: the attachment is already detached`, { op });
     if (att.detached || !this.#attachments.has(att)) return Promise.reject(gone());
-    let finished = false;
+    let detachedNow = false;
     const finish = (): void => {
-      finished = true;
       this.#attachments.delete(att);
       att[kSetDetached]();
       this.#lock.notify();
@@ -812,6 +811,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
       }
       if (!isThenable(r)) {
         finish();
+        detachedNow = true;
         return;
       }
       return Promise.resolve(r).then(finish, (err: unknown) => {
@@ -834,7 +834,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
       return next(0);
     };
     const done = this.#lock.runNow(op, locked);
-    if (finished) {
+    if (detachedNow) {
       // Detached in this call (the lock is free again): the release check comes now too.
       this.#maybeRelease();
       return done;
