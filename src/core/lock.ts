@@ -25,8 +25,9 @@ export function interrupted(op: string, signal: AbortSignal): DmaBufError {
 /** An async mutex (FIFO) with condition waits. */
 export class AsyncLock {
   #held = false;
-  #queue: Waiter[] = [];
-  #conditions = new Set<() => void>();
+  // Made at the first waiter: most locks never see one (a buffer's ops rarely contend).
+  #queue: Waiter[] | null = null;
+  #conditions: Set<() => void> | null = null;
 
   /** Whether the lock is held now. */
   get held(): boolean {
@@ -49,12 +50,12 @@ export class AsyncLock {
     }
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = { resolve, reject };
-      this.#queue.push(waiter);
+      (this.#queue ??= []).push(waiter);
       if (signal) {
         const onAbort = (): void => {
-          const i = this.#queue.indexOf(waiter);
+          const i = this.#queue?.indexOf(waiter) ?? -1;
           if (i >= 0) {
-            this.#queue.splice(i, 1);
+            this.#queue!.splice(i, 1);
             reject(interrupted(op, signal));
           }
         };
@@ -69,7 +70,7 @@ export class AsyncLock {
 
   /** Releases the lock, handing it to the next waiter. */
   release(): void {
-    const next = this.#queue.shift();
+    const next = this.#queue?.shift();
     if (next) {
       next.resolve();
     } else {
@@ -128,7 +129,7 @@ export class AsyncLock {
    * after changing state a predicate may depend on.
    */
   notify(): void {
-    if (this.#conditions.size === 0) return;
+    if (!this.#conditions || this.#conditions.size === 0) return;
     for (const wake of [...this.#conditions]) wake();
   }
 
@@ -146,7 +147,7 @@ export class AsyncLock {
       try {
         await new Promise<void>((resolve) => {
           const wake = (): void => {
-            this.#conditions.delete(wake);
+            this.#conditions?.delete(wake);
             signal?.removeEventListener('abort', onAbort);
             resolve();
           };
@@ -154,7 +155,7 @@ export class AsyncLock {
             abortError = interrupted(op, signal!);
             wake();
           };
-          this.#conditions.add(wake);
+          (this.#conditions ??= new Set()).add(wake);
           signal?.addEventListener('abort', onAbort, { once: true });
         });
       } finally {

@@ -298,7 +298,9 @@ export function introspectionAddress(): string | null {
 export function ensureIntrospection(buf: DmaBuf): void {
   try {
     if (disabled) return;
-    if (!available || process.env.DMABUF_INFO === '0') {
+    // The environment is read when the thread starts using buffers (no buffer, no endpoint),
+    // not at every buffer.
+    if (!available || (live === 0 && !listener && process.env.DMABUF_INFO === '0')) {
       disabled = true;
       return;
     }
