@@ -321,6 +321,16 @@ export class ChannelHost {
     return r.msg;
   }
 
+  /**
+   * Starts (`'alloc-start'`) or stops (`'alloc-stop'`, with its summary) the receiver's
+   * sampling of what its JavaScript allocates (`bench/alloc.ts`).
+   */
+  async control(op: 'alloc-start' | 'alloc-stop'): Promise<Msg> {
+    const answer = this.reply('BufferChannel receiver');
+    this.#control!.send({ op });
+    return answer;
+  }
+
   /** The receiver's CPU time so far (ns, its whole process) and garbage collections. */
   async stats(): Promise<{ cpuNs: number; gc: { count: number; major: number; ms: number } }> {
     const answer = this.reply('BufferChannel receiver');

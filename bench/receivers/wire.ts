@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { DmaBuf, type Device } from '../../src/index.js';
 import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
 import { native, type PollHandle } from '../../src/native/binding.js';
+import { Session } from 'node:inspector';
 
 /** Reads the first and last byte (what a "hand-off" ends with). */
 export function readEnds(v: Uint8Array): [number, number] {
@@ -244,10 +245,15 @@ export function observeGc(): GcCount {
  * time (ns, every thread) and `gc`, exits at end-of-file, and says it is ready.
  */
 export function serveControl(control: Packets, gc: GcCount): void {
+  const alloc = new AllocationSampler();
   control.listen((msg) => {
     if (msg.op === 'stats') {
       const u = process.cpuUsage();
       control.send({ ok: true, cpuNs: (u.user + u.system) * 1e3, gc });
+    } else if (msg.op === 'alloc-start') {
+      alloc.start(() => control.send({ ok: true }));
+    } else if (msg.op === 'alloc-stop') {
+      alloc.stop((summary) => control.send({ ok: true, ...summary }));
     } else if (msg.op === 'eof') {
       process.exit(0);
     }
@@ -285,4 +291,60 @@ export async function readAndRelease(got: { buffer: DmaBuf; attachment?: { unmap
   await got.attachment!.detach();
   got.buffer.put();
   return { first, last, sum: total, stale, nents: segs.length, tRead, tDone: process.hrtime.bigint() };
+}
+
+/** What {@link AllocationSampler.stop} reports: bytes sampled, and the top allocating functions. */
+export interface AllocationSummary {
+  /** Bytes allocated on the JavaScript heap while sampling (an estimate, from samples). */
+  bytes: number;
+  /** The functions that allocated most (self), `[name, bytes]`, largest first. */
+  top: [string, number][];
+}
+
+/**
+ * V8's sampling heap profiler over the inspector, counting what the young and old collections
+ * freed too: all that was allocated while it ran, not only what survived. One sample per 64
+ * bytes on average. Used by `bench/alloc.ts`.
+ */
+class AllocationSampler {
+  #session: Session | null = null;
+
+  start(done: () => void): void {
+    this.#session ??= new Session();
+    this.#session.connect();
+    this.#session.post('HeapProfiler.enable');
+    this.#session.post('HeapProfiler.startSampling', { samplingInterval: 64, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true }, () => done());
+  }
+
+  stop(done: (summary: AllocationSummary) => void): void {
+    const session = this.#session!;
+    session.post('HeapProfiler.stopSampling', (err, result) => {
+      const bySelf = new Map<string, number>();
+      let bytes = 0;
+      if (!err) {
+        const names = new Map<number, string>();
+        const walk = (node: HeapProfileNode): void => {
+          const f = node.callFrame;
+          names.set(node.id, `${f.functionName || '(anonymous)'} ${f.url.split('/').pop() ?? ''}:${f.lineNumber + 1}`);
+          for (const child of node.children) walk(child);
+        };
+        const profile = result.profile as unknown as { head: HeapProfileNode; samples: { size: number; nodeId: number }[] };
+        walk(profile.head);
+        for (const sample of profile.samples) {
+          bytes += sample.size;
+          const name = names.get(sample.nodeId) ?? '?';
+          bySelf.set(name, (bySelf.get(name) ?? 0) + sample.size);
+        }
+      }
+      session.disconnect();
+      const top = [...bySelf].sort((a, b) => b[1] - a[1]).slice(0, 25);
+      done({ bytes, top });
+    });
+  }
+}
+
+interface HeapProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children: HeapProfileNode[];
 }
