@@ -480,7 +480,7 @@ abstract class OneMessageMethod implements Method {
  * `channel.receive({ map: { device: cpu, direction: 'to-device' } })`.
  */
 export class DmabufChannelMethod extends OneMessageMethod {
-  readonly name = 'dmabuf-channel';
+  readonly name: string = 'dmabuf-channel';
 
   constructor(readonly host: ChannelHost) {
     super();
@@ -512,6 +512,20 @@ export class DmabufChannelMethod extends OneMessageMethod {
 
   close(): Promise<void> {
     return this.host.close();
+  }
+}
+
+/**
+ * The same hand-offs, from the same kind of exporter, to `receivers/minimal.ts`: the least a
+ * safe JavaScript receiver does, with no framework (the checks, `mmap`, one view, the
+ * notifications). Not a way to use the package: the baseline of any JavaScript design of the
+ * receiving side, to weigh what `channel.receive({ map })` costs over it.
+ */
+export class MinimalReceiverMethod extends DmabufChannelMethod {
+  override readonly name = 'minimal JS receiver';
+
+  constructor() {
+    super(new ChannelHost('minimal'));
   }
 }
 

@@ -14,7 +14,7 @@
  * @module
  */
 import { readFileSync } from 'node:fs';
-import { ChannelBareMethod, ChannelHost, DmabufChannelMethod, startWarm, type Method } from './methods.js';
+import { ChannelBareMethod, ChannelHost, DmabufChannelMethod, MinimalReceiverMethod, startWarm, type Method } from './methods.js';
 import { fmtSize, fmtTime, parseSize, stats } from './harness.js';
 
 interface ThreadSnapshot {
@@ -47,8 +47,8 @@ const handoff = new DmabufChannelMethod(host);
 const bare = new ChannelBareMethod(host);
 await startWarm([handoff, bare], size, 50);
 console.log(`${n} hand-offs of ${fmtSize(size)} per phase, one method at a time (receiver pid ${host.pid})`);
-const minimalHost = new ChannelHost('minimal');
-const minimal = new DmabufChannelMethod(minimalHost);
+const minimal = new MinimalReceiverMethod();
+const minimalHost = minimal.host;
 await startWarm([minimal], size, 50);
 const phases: [string, Method, ChannelHost][] = [
   ['dmabuf-channel', handoff, host],

@@ -4,7 +4,7 @@
  */
 import { fmtSize, fmtTime, repsFor, stats, type BenchCase, type CaseResult, type Context, type Row, type Target } from '../harness.js';
 import {
-  ChannelBareMethod, ChannelHost, DmabufChannelMethod, DmabufMethod, FloorMethod, Payload, SabAtomicsMethod, SabPostMethod, SendMethod, StreamMethod,
+  ChannelBareMethod, ChannelHost, DmabufChannelMethod, DmabufMethod, FloorMethod, MinimalReceiverMethod, Payload, SabAtomicsMethod, SabPostMethod, SendMethod, StreamMethod,
   WorkerDmabufMethod, WorkerHost, WorkerCopyMethod, WorkerSmallMethod,
   compileFloor, floorCompileNote, type Method, type ReadMode, type Sample,
 } from '../methods.js';
@@ -246,11 +246,12 @@ export const handoff: BenchCase = {
     const floor = new FloorMethod();
     const send = new SendMethod();
     const bareAfterWrite = new ChannelBareMethod(channelHost, { afterWrite: true });
+    const minimal = new MinimalReceiverMethod();
     const worker = new WorkerDmabufMethod(workerHost);
     const small = new WorkerSmallMethod(workerHost);
     const smallAfterWrite = new WorkerSmallMethod(workerHost, { afterWrite: true });
     const methods: Method[] = [
-      channel, bare, bareAfterWrite, dmabuf, oneTrip, floor, send, new StreamMethod(),
+      channel, bare, bareAfterWrite, minimal, dmabuf, oneTrip, floor, send, new StreamMethod(),
       worker, small, smallAfterWrite, new WorkerCopyMethod(), new SabPostMethod(), new SabAtomicsMethod(),
     ];
     const rows = await runSideBySide(ctx, 'handoff', methods, 'ends', notes, { costs: true });
@@ -259,6 +260,7 @@ export const handoff: BenchCase = {
       '**dmabuf-channel** (the method the targets judge): for every hand-off the exporter (the harness process) allocates a new system-heap buffer and writes all of it through a CpuDevice, before t0 (a producer writes its frame first, so the storage exists). t0, then `channel.send(buf, meta)` on a `BufferChannel` (a pair with the child); the child\'s `channel.receive({ map: { device: cpu, direction: \'to-device\' } })` resolves mapped, it reads the first and last byte (one-way ends here), then `attachment.unmap` (the harness checks that the view is detached: byteLength 0), `attachment.detach`, `buffer.put` and acks (a 1-packet JSON message on a separate SOCK_SEQPACKET control socket); the round trip ends when the harness has the ack. The exporter puts its reference once it has the ack and has run the receiver\'s unmap and detach, and waits for the release (which frees the storage) before the next hand-off; neither is in the times. The route\'s private channel to the exporter is made by the first hand-off to the child (in the warm-up) and reused, as for any producer that keeps its channel.',
       '**BufferChannel bare hop**: the same two processes, a second BufferChannel pair: `channel.sendFd(fd of /dev/null, meta)` with the same meta, the child\'s `receiveFd()` (one-way ends when it resolves), a close, and the same ack on the same control socket.',
       '**…, after a fresh write** (BufferChannel bare hop, worker postMessage (small object)): the same bare hop, but like dmabuf-channel and dmabuf-worker right after the harness allocated and wrote a new buffer of the size (not sent; put and released after the hop). This machine is a PVM guest (shadow page tables, `pvm_*` in the kernel\'s profile): after a process writes tens of MiB of new pages, everything both processes do is several times slower for a while, a plain sendmsg included; this row shows that part of the large-size times, which is not the hand-off\'s. The targets are judged against the plain bare hop; the ratio against this one is shown beside it.',
+      '**minimal JS receiver**: the same hand-offs from the same exporter (a new buffer each, `channel.send`) to a child running `receivers/minimal.ts`, the least a safe JavaScript receiver does with no framework: `recvmsg`, the message\'s JSON, the checks it may not skip (the file was made by the process the offer names; the memfd is sealed and covers the size), `mmap`, one view, the first and last byte; then the view detached, `munmap`, the file closed, UNMAP, DETACH and PUT sent to the exporter, and the same ack. Not a way to use the package: the floor of any JavaScript design of the receiving side. The first two targets show dmabuf-channel against it (not judged).',
       '**dmabuf-worker**: the same new-buffer-per-hand-off in the harness\'s main thread, `postBuffer(worker, buf)`; in the worker `receiveBuffer(m, { map })`, the read (one-way ends), unmap, detach, put and a small postMessage back. Its baseline **worker postMessage (small object)** (`{ kind: \'small\' }` and a `{ tRead }` answer) runs in the same worker; **worker postMessage (copy)** (a Uint8Array of the size, cloned) runs in a worker of its own, so that the garbage of its copies (64 MiB each at 64 MiB) does not land in the dmabuf worker\'s collections.',
       '**dmabuf** and **dmabuf getMapped** are the previous methods, kept for comparison: one buffer per size handed again and again over a raw socket, imported with `DmaBuf.get` + `attach` + `map` (three requests to the exporter) or `DmaBuf.getMapped` (one); their receiver span is from recvmsg returning the descriptor to the read.',
       'one-way: from the sender starting the hand-off (t0: before send/sendFd/postBuffer/postMessage/write; for the old dmabuf methods before buf.fd()) to the receiver having read both bytes; both timestamps are CLOCK_MONOTONIC, the same clock in every process.',
@@ -268,14 +270,14 @@ export const handoff: BenchCase = {
       'The copying baselines (child_process.send, worker postMessage (copy), Unix socket stream) hand over a Uint8Array of the same bytes; the stream receiver assembles the bytes into one Buffer before reading.',
     );
     const targets = [
-      ...channelTargets(rows, channel.name, bare.name, bareAfterWrite.name, floor.name, send.name),
+      ...channelTargets(rows, channel.name, bare.name, bareAfterWrite.name, floor.name, send.name, minimal.name),
       ...workerTargets(rows, worker.name, small.name, smallAfterWrite.name),
     ];
     return { name: 'handoff', title: 'Cross-process and cross-thread first hand-off, against its baselines', description: 'Cases 1 and 2', rows, notes, targets, reference: channel.name };
   },
 };
 
-function channelTargets(rows: Row[], dmabuf: string, bare: string, bareAfterWrite: string, floor: string, send: string): Target[] {
+function channelTargets(rows: Row[], dmabuf: string, bare: string, bareAfterWrite: string, floor: string, send: string, minimal: string): Target[] {
   const out: Target[] = [];
   const whyTime = (metric: string) => (missed: Judged[]): string => {
     const worst = worstOf(missed, rows, dmabuf, metric);
@@ -285,7 +287,10 @@ function channelTargets(rows: Row[], dmabuf: string, bare: string, bareAfterWrit
     const j = ratioAt(rows, dmabuf, bare, s, metric, (r) => r <= limit);
     if (!j) return undefined;
     const w = ratioAt(rows, dmabuf, bareAfterWrite, s, metric, () => true);
-    return { ...j, text: `${j.text}${w ? `; against the bare hop after a fresh write ${w.text}` : ''}` };
+    const m = ratioAt(rows, minimal, bare, s, metric, () => true);
+    const over = ratioAt(rows, dmabuf, minimal, s, metric, () => true);
+    const floorText = m && over ? `; the minimal JS receiver ${m.text} of the bare hop, dmabuf-channel ${over.text} of it` : '';
+    return { ...j, text: `${j.text}${w ? `; against the bare hop after a fresh write ${w.text}` : ''}${floorText}` };
   };
   out.push(judge(
     'first cross-process hand-off one-way ≤ 1.5x a bare BufferChannel hop',
