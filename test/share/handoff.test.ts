@@ -349,12 +349,18 @@ test('an exporter whose hand-off carries storage that is not sealed is refused: 
     const [chan, chanEnd] = native.socketpair(c.SOCK_SEQPACKET, false);
     const mem = native.memfdCreate('unsealed', 3);
     native.ftruncate(mem, 65536);
-    const { encodeHandoffMessage } = await import(${JSON.stringify(new URL('../../src/transport/channel-wire.js', import.meta.url).href)});
+    const { encodeHandoffMessage, encodeChannelMessage } = await import(${JSON.stringify(new URL('../../src/transport/channel-wire.js', import.meta.url).href)});
     const { decode, unbatch } = await import(${JSON.stringify(new URL('../../src/remote/protocol.js', import.meta.url).href)});
     const body = { buffer: 7, size: 65536, flags: 2, name: 'unsealed', exporter: 'hostile', sealed: false, pid: process.pid, token: 'cd'.repeat(16), channel: true,
       map: { attachment: 5, map: 6, segments: [[0, 65536, 1]], memory: { size: 65536, pageSize: 4096, writeSealed: false }, access: 'write' } };
     native.sendmsg(3, Buffer.from(encodeHandoffMessage({ frame: 9 }, body)), [fileEnd, mem, chanEnd], 0);
     native.close(fileEnd); native.close(chanEnd); native.close(mem);
+    // Then a plain message: the refusal (thrown while the message was being read) must not
+    // stop the channel.
+    const fs = await import('node:fs');
+    const devnull = fs.openSync('/dev/null', 'r');
+    native.sendmsg(3, Buffer.from(encodeChannelMessage({ frame: 10 })), [devnull], 0);
+    fs.closeSync(devnull);
     const got = [];
     for (let i = 0; i < 50 && got.length < 3; i++) {
       const r = native.recvmsg(chan, 65536, 4, c.MSG_DONTWAIT, true);
@@ -375,6 +381,9 @@ test('an exporter whose hand-off carries storage that is not sealed is refused: 
       assert.match((err as Error).message, /not sealed against shrinking and growing/);
       return true;
     });
+    const next = await mine.receiveFd();
+    closeSync(next.fd);
+    assert.deepEqual(next.meta, { frame: 10 }, 'the channel goes on after the refusal');
     const r = await finish(hostile);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(r.json.filter((v) => 'record' in v), [{ record: 3 }], 'one record');
