@@ -478,9 +478,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
     const attachment = new DmaBufAttachment<Priv>(this, device, this.#owner);
     attachment.priv = priv;
     this.#attachments.add(attachment);
-    attachment[kMaps].set(sgt, direction);
-    this.#mapCount += 1;
-    if (isWritableDirection(direction)) this.#writableMapCount += 1;
+    this.#mapped(attachment, direction, sgt);
     return attachment;
   }
 
@@ -774,21 +772,7 @@ export class DmaBuf<Priv = unknown> implements Disposable {
       if (isWritableDirection(direction)) this.#writableMapCount -= 1;
       this.#lock.notify();
     };
-    let r: Promise<void> | void;
-    try {
-      r = this.ops.unmapDmaBuf(att, sgt, direction);
-    } catch (err) {
-      done();
-      throw asOpError(err, 'unmap', 'ops.unmapDmaBuf');
-    }
-    if (!isThenable(r)) {
-      done();
-      return;
-    }
-    return Promise.resolve(r).then(done, (err: unknown) => {
-      done();
-      throw asOpError(err, 'unmap', 'ops.unmapDmaBuf');
-    });
+    return endingOp(() => this.ops.unmapDmaBuf(att, sgt, direction), done, 'unmap', 'ops.unmapDmaBuf');
   }
 
   #detach(att: DmaBufAttachment<Priv>): Promise<void> {
@@ -801,23 +785,10 @@ export class DmaBuf<Priv = unknown> implements Disposable {
       att[kSetDetached]();
       this.#lock.notify();
     };
-    const detachOp = (): Promise<void> | void => {
-      let r: Promise<void> | void;
-      try {
-        r = this.ops.detach?.(this, att);
-      } catch (err) {
-        finish();
-        throw asOpError(err, op, 'ops.detach');
-      }
-      if (!isThenable(r)) {
-        finish();
-        detachedNow = true;
-        return;
-      }
-      return Promise.resolve(r).then(finish, (err: unknown) => {
-        finish();
-        throw asOpError(err, op, 'ops.detach');
-      });
+    const detachOp = (): Promise<void> | undefined => {
+      const r = endingOp(() => this.ops.detach?.(this, att), finish, op, 'ops.detach');
+      if (!r) detachedNow = true;
+      return r;
     };
     // Unmaps what the attachment still has, then detaches; synchronous (started at once when
     // the lock is free) as long as the exporter's unmap and detach are.
@@ -890,6 +861,29 @@ export async function attachMapped(buffer: DmaBuf, device: Device, direction: Dm
 }
 
 /** Errors thrown by an exporter's op, as {@link DmaBufError}s (a foreign error becomes `EIO`). */
+/**
+ * Runs an exporter op whose end is recorded whether it fails or not: `after` runs once the op
+ * returns (at once for a plain value), and a failure is reported as the op's error. Returns
+ * undefined when the op finished in the call, else the promise of its end.
+ */
+function endingOp(call: () => Promise<void> | void, after: () => void, op: string, where: string): Promise<void> | undefined {
+  let r: Promise<void> | void;
+  try {
+    r = call();
+  } catch (err) {
+    after();
+    throw asOpError(err, op, where);
+  }
+  if (!isThenable(r)) {
+    after();
+    return undefined;
+  }
+  return Promise.resolve(r).then(after, (err: unknown) => {
+    after();
+    throw asOpError(err, op, where);
+  });
+}
+
 function asOpError(err: unknown, op: string, where: string): DmaBufError {
   if (err instanceof DmaBufError) return err;
   const msg = err instanceof Error ? err.message : String(err);

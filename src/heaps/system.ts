@@ -206,7 +206,12 @@ function checkPageSize(op: string, pageSize: number): void {
   }
 }
 
-/** Gets the storage for the current attachments: allocates it, or moves it after waiting for every map to go. */
+/** The storage when a map now would neither allocate nor migrate it, else null. */
+function readyStorage(buf: DmaBuf<SystemBufferPriv>): Storage | null {
+  const storage = buf.priv.storage;
+  return storage !== null && storage.pageSize >= pageSizeNeeded(buf) ? storage : null;
+}
+
 /** Maps `storage` for the attachment's device: a table over the device's mapping. */
 function mapStorage(attachment: DmaBufAttachment<SystemBufferPriv>, direction: DmaDirection, storage: Storage, ctx: OpContext): Now<SgTable> {
   const buf = attachment.dmabuf;
@@ -219,6 +224,7 @@ function mapStorage(attachment: DmaBufAttachment<SystemBufferPriv>, direction: D
   return andThen(attachment.device.mapMemory({ memory: storage, access, signal: ctx.signal }), (mapping) => tableOfMapping(buf.size, plan, mapping, buf.priv.mappings));
 }
 
+/** Gets the storage for the current attachments: allocates it, or moves it after waiting for every map to go. */
 async function storageFor(buf: DmaBuf<SystemBufferPriv>, ctx: OpContext): Promise<Storage> {
   const priv = buf.priv;
   let need = pageSizeNeeded(buf);
@@ -289,18 +295,15 @@ const systemOps: DmaBufOps<SystemBufferPriv> = {
   },
 
   storageReady(buf: DmaBuf<SystemBufferPriv>): boolean {
-    // Ready when a map now would neither allocate nor migrate.
-    const storage = buf.priv.storage;
-    return storage !== null && storage.pageSize >= pageSizeNeeded(buf);
+    return readyStorage(buf) !== null;
   },
 
   mapDmaBuf(attachment: DmaBufAttachment<SystemBufferPriv>, direction: DmaDirection, ctx: OpContext): Now<SgTable> {
-    const buf = attachment.dmabuf;
     // Storage that needs neither allocating nor moving is mapped in this call (when the
     // device maps synchronously, as a CPU does).
-    const ready = buf.priv.storage;
-    if (ready && ready.pageSize >= pageSizeNeeded(buf)) return mapStorage(attachment, direction, ready, ctx);
-    return storageFor(buf, ctx).then((storage) => mapStorage(attachment, direction, storage, ctx));
+    const ready = readyStorage(attachment.dmabuf);
+    if (ready) return mapStorage(attachment, direction, ready, ctx);
+    return storageFor(attachment.dmabuf, ctx).then((storage) => mapStorage(attachment, direction, storage, ctx));
   },
 
   unmapDmaBuf(attachment: DmaBufAttachment<SystemBufferPriv>, sgt: SgTable): void {

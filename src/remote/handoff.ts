@@ -98,9 +98,9 @@ export function offerHandoff(buf: DmaBuf, route: object, peerPid: number, transp
   channel.adopt(buf);
   const body: Record<string, unknown> = describe(buf, channel, false);
   const offer = (ahead: Answer | undefined): HandoffOffer => makeOffer(channel, body, ahead, theirs, transport);
-  if (buf.ops.storageReady?.(buf) !== true) return offer(undefined);
-  // Not fatal when it fails: the receiver asks for its attach and map itself.
+  // Without a map made ahead (no storage yet, or it failed): the receiver asks for its own.
   const none = (): HandoffOffer => offer(undefined);
+  if (buf.ops.storageReady?.(buf) !== true) return none();
   let ahead: Now<Answer>;
   try {
     const direction = buf.readOnly ? 'to-device' : 'bidirectional';

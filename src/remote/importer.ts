@@ -664,6 +664,13 @@ export interface AdoptedHandoff {
   sgt?: SgTable;
 }
 
+/** `got` with the sender's `meta` added (the object is the receive's own, not shared). */
+export function withMeta<T extends object>(got: T, meta: unknown): T & { meta: unknown } {
+  const r = got as T & { meta: unknown };
+  r.meta = meta;
+  return r;
+}
+
 function lookupLive(key: string): DmaBuf | undefined {
   const found = registryLookup(key);
   return found instanceof DmaBuf && !found.released ? found : undefined;

@@ -303,7 +303,7 @@ export class ServiceChannel {
       this.#resv?.cancel(body);
       return msg.id === 0 ? undefined : { body: {}, fds: [] };
     }
-    const ok = (reply: Record<string, unknown> = {}, fds: number[] = [], undo?: () => Promise<void>): Answer => ({ body: reply, fds, ...(undo ? { undo } : {}) });
+    const ok = (): Answer => ({ body: {}, fds: [] });
     switch (msg.type) {
       case MsgType.ATTACH:
         return this.#attach(this.#buffer(body), this.#remoteDevice(body.device));

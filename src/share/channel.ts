@@ -15,7 +15,7 @@ import { DmaBuf, attachMapped } from '../core/dma-buf.js';
 import { DmaBufError } from '../core/errors.js';
 import { ChannelMessageType, HANDOFF_MAX_FDS, decodeChannelMessage, encodeChannelMessage, encodeHandoffMessage } from '../transport/channel-wire.js';
 import { endRoute, offerHandoff, type HandoffOffer } from '../remote/handoff.js';
-import { adoptHandoff, declineHandoff, type AdoptedHandoff, type HandoffMap } from '../remote/importer.js';
+import { adoptHandoff, declineHandoff, withMeta, type AdoptedHandoff, type HandoffMap } from '../remote/importer.js';
 import { isThenable, type Now } from '../core/now.js';
 import type { DmaBufAttachment } from '../core/attachment.js';
 import type { SgTable } from '../core/sg-table.js';
@@ -114,13 +114,6 @@ function receiveError(err: unknown): DmaBufError {
     return new DmaBufError(e.code, `receive: this process is out of descriptors (RLIMIT_NOFILE, see ulimit -n), so the buffer could not be imported; close descriptors and buffers you no longer need, or raise the limit (the message's descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
   }
   return new DmaBufError(e.code, `receive: the peer sent a descriptor that is not a buffer this process can get (the descriptor was closed): ${e.message}`, { op: 'receive', syscall: e.syscall, errno: e.errno, cause: err });
-}
-
-/** `got` with the message's `meta` (added to the object, which is this receive's own). */
-function withMeta(got: AdoptedHandoff, meta: unknown): ReceivedBuffer {
-  const r = got as ReceivedBuffer;
-  r.meta = meta;
-  return r;
 }
 
 /** Consecutive libuv poll errors tolerated before the channel gives up. */

@@ -14,7 +14,7 @@ import { native } from '../native/binding.js';
 import { fileKey } from '../transport/buffer-file.js';
 import { checkFd } from '../transport/unix-util.js';
 import { endRoute, offerHandoff, type HandoffOffer } from '../remote/handoff.js';
-import { adoptHandoff, declineHandoff, type AdoptedHandoff, type HandoffMap } from '../remote/importer.js';
+import { adoptHandoff, declineHandoff, withMeta, type AdoptedHandoff, type HandoffMap } from '../remote/importer.js';
 import { andThen, isThenable, type Now } from '../core/now.js';
 
 /** The property that marks a buffer message (a string: symbols do not survive `postMessage`). */
@@ -236,6 +236,5 @@ export function receiveBuffer(message: unknown, options: ReceiveBufferOptions = 
   } catch (err) {
     return Promise.reject(err);
   }
-  const withMeta = (g: AdoptedHandoff): AdoptedHandoff & { meta: unknown } => Object.assign(g, { meta });
-  return isThenable(got) ? Promise.resolve(got).then(withMeta) : Promise.resolve(withMeta(got));
+  return isThenable(got) ? Promise.resolve(got).then((g) => withMeta(g, meta)) : Promise.resolve(withMeta(got, meta));
 }
