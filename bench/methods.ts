@@ -609,15 +609,21 @@ async function afterFreshWrite(size: number, what: string, hop: () => Promise<Sa
 /** The worker thread of the dmabuf worker methods. */
 export class WorkerHost {
   worker: Worker | null = null;
+  /** The worker's script in `receivers/` (`dmabuf-worker`, or `minimal-worker`). */
+  readonly receiverName: string;
   /** The worker's kernel thread id (for strace). */
   tid = 0;
   #starting: Promise<void> | null = null;
   #users = 0;
 
+  constructor(receiverName = 'dmabuf-worker') {
+    this.receiverName = receiverName;
+  }
+
   start(): Promise<void> {
     this.#users++;
     this.#starting ??= (async () => {
-      this.worker = new Worker(receiver('dmabuf-worker'));
+      this.worker = new Worker(receiver(this.receiverName));
       await once(this.worker, 'message');
       this.tid = (await this.stats()).tid;
     })();
@@ -650,7 +656,7 @@ export class WorkerHost {
  * `receiveBuffer(m, { map })`, and a small postMessage back.
  */
 export class WorkerDmabufMethod extends OneMessageMethod {
-  readonly name = 'dmabuf-worker';
+  readonly name: string = 'dmabuf-worker';
 
   constructor(readonly host: WorkerHost) {
     super();
@@ -682,6 +688,21 @@ export class WorkerDmabufMethod extends OneMessageMethod {
 
   close(): Promise<void> {
     return this.host.close();
+  }
+}
+
+/**
+ * The same hand-offs, from the same exporter (`postBuffer`), to a worker running
+ * `receivers/minimal-worker.ts`: the least a safe JavaScript receiving thread does, with no
+ * framework (the descriptor's key, the memfd's seals and size, `mmap`, one view, the
+ * notifications). Not a way to use the package: the baseline of any JavaScript design of the
+ * receiving thread, to weigh what `receiveBuffer(m, { map })` costs over it.
+ */
+export class MinimalWorkerMethod extends WorkerDmabufMethod {
+  override readonly name = 'minimal JS worker receiver';
+
+  constructor() {
+    super(new WorkerHost('minimal-worker'));
   }
 }
 

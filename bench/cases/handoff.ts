@@ -5,7 +5,7 @@
 import { fmtSize, fmtTime, repsFor, stats, type BenchCase, type CaseResult, type Context, type Row, type Target } from '../harness.js';
 import {
   ChannelBareMethod, ChannelHost, DmabufChannelMethod, DmabufMethod, FloorMethod, MinimalReceiverMethod, Payload, SabAtomicsMethod, SabPostMethod, SendMethod, StreamMethod,
-  WorkerDmabufMethod, WorkerHost, WorkerCopyMethod, WorkerSmallMethod,
+  MinimalWorkerMethod, WorkerDmabufMethod, WorkerHost, WorkerCopyMethod, WorkerSmallMethod,
   compileFloor, floorCompileNote, type Method, type ReadMode, type Sample,
 } from '../methods.js';
 import { straceUnavailable, type Costs } from '../costs.js';
@@ -250,9 +250,10 @@ export const handoff: BenchCase = {
     const worker = new WorkerDmabufMethod(workerHost);
     const small = new WorkerSmallMethod(workerHost);
     const smallAfterWrite = new WorkerSmallMethod(workerHost, { afterWrite: true });
+    const minimalWorker = new MinimalWorkerMethod();
     const methods: Method[] = [
       channel, bare, bareAfterWrite, minimal, dmabuf, oneTrip, floor, send, new StreamMethod(),
-      worker, small, smallAfterWrite, new WorkerCopyMethod(), new SabPostMethod(), new SabAtomicsMethod(),
+      worker, small, smallAfterWrite, minimalWorker, new WorkerCopyMethod(), new SabPostMethod(), new SabAtomicsMethod(),
     ];
     const rows = await runSideBySide(ctx, 'handoff', methods, 'ends', notes, { costs: true });
     if (floorCompileNote()) notes.push(floorCompileNote());
@@ -262,6 +263,7 @@ export const handoff: BenchCase = {
       '**…, after a fresh write** (BufferChannel bare hop, worker postMessage (small object)): the same bare hop, but like dmabuf-channel and dmabuf-worker right after the harness allocated and wrote a new buffer of the size (not sent; put and released after the hop). This machine is a PVM guest (shadow page tables, `pvm_*` in the kernel\'s profile): after a process writes tens of MiB of new pages, everything both processes do is several times slower for a while, a plain sendmsg included; this row shows that part of the large-size times, which is not the hand-off\'s. The targets are judged against the plain bare hop; the ratio against this one is shown beside it.',
       '**minimal JS receiver**: the same hand-offs from the same exporter (a new buffer each, `channel.send`) to a child running `receivers/minimal.ts`, the least a safe JavaScript receiver does with no framework: `recvmsg`, the message\'s JSON, the checks it may not skip (the file was made by the process the offer names; the memfd is sealed and covers the size), `mmap`, one view, the first and last byte; then the view detached, `munmap`, the file closed, UNMAP, DETACH and PUT sent to the exporter, and the same ack. Not a way to use the package: the floor of any JavaScript design of the receiving side. The first two targets show dmabuf-channel against it (not judged).',
       '**dmabuf-worker**: the same new-buffer-per-hand-off in the harness\'s main thread, `postBuffer(worker, buf)`; in the worker `receiveBuffer(m, { map })`, the read (one-way ends), unmap, detach, put and a small postMessage back. Its baseline **worker postMessage (small object)** (`{ kind: \'small\' }` and a `{ tRead }` answer) runs in the same worker; **worker postMessage (copy)** (a Uint8Array of the size, cloned) runs in a worker of its own, so that the garbage of its copies (64 MiB each at 64 MiB) does not land in the dmabuf worker\'s collections.',
+      '**minimal JS worker receiver**: the same hand-offs from the same exporter (a new buffer each, `postBuffer`) to a worker running `receivers/minimal-worker.ts`, the least a safe JavaScript receiving thread does with no framework: the descriptor is still the one posted (its key), the memfd is sealed and covers the size, `mmap`, one view, the first and last byte; then the view detached, `munmap`, the memfd and the file closed, UNMAP, DETACH and PUT sent to the exporter, and the same answer. Not a way to use the package: the floor of any JavaScript design of the receiving thread, with the package\'s sending side. The worker target shows it against the small postMessage, and dmabuf-worker against it (not judged).',
       '**dmabuf** and **dmabuf getMapped** are the previous methods, kept for comparison: one buffer per size handed again and again over a raw socket, imported with `DmaBuf.get` + `attach` + `map` (three requests to the exporter) or `DmaBuf.getMapped` (one); their receiver span is from recvmsg returning the descriptor to the read.',
       'one-way: from the sender starting the hand-off (t0: before send/sendFd/postBuffer/postMessage/write; for the old dmabuf methods before buf.fd()) to the receiver having read both bytes; both timestamps are CLOCK_MONOTONIC, the same clock in every process.',
       'round-trip: from the same start to the sender having the receiver\'s ack (a small message back), as the sender sees it; nothing is subtracted. For dmabuf-channel and dmabuf-worker it includes the receiver\'s unmap, detach and put.',
@@ -271,7 +273,7 @@ export const handoff: BenchCase = {
     );
     const targets = [
       ...channelTargets(rows, channel.name, bare.name, bareAfterWrite.name, floor.name, send.name, minimal.name),
-      ...workerTargets(rows, worker.name, small.name, smallAfterWrite.name),
+      ...workerTargets(rows, worker.name, small.name, smallAfterWrite.name, minimalWorker.name),
     ];
     return { name: 'handoff', title: 'Cross-process and cross-thread first hand-off, against its baselines', description: 'Cases 1 and 2', rows, notes, targets, reference: channel.name };
   },
@@ -383,11 +385,11 @@ function channelTargets(rows: Row[], dmabuf: string, bare: string, bareAfterWrit
   return out;
 }
 
-function workerTargets(rows: Row[], dmabuf: string, small: string, smallAfterWrite: string): Target[] {
+function workerTargets(rows: Row[], dmabuf: string, small: string, smallAfterWrite: string, minimal: string): Target[] {
   const sizes = [4 << 10, 64 << 20];
   return [judge(
     'between worker threads ≤ 2x a bare postMessage of a small object, with 0 GC',
-    'dmabuf-worker one-way ÷ worker postMessage (small object) one-way ≤ 2 at 4 KiB and 64 MiB, and 0 GCs per hand-off in the worker (costs pass); the round-trip ratio and the ratio against the postMessage after the same fresh write are shown, not judged',
+    'dmabuf-worker one-way ÷ worker postMessage (small object) one-way ≤ 2 at 4 KiB and 64 MiB, and 0 GCs per hand-off in the worker (costs pass); the round-trip ratio, the ratio against the postMessage after the same fresh write, and the minimal JS worker receiver against both are shown, not judged',
     sizes,
     (s) => {
       const j = ratioAt(rows, dmabuf, small, s, 'one-way', (r) => r <= 2);
@@ -396,7 +398,10 @@ function workerTargets(rows: Row[], dmabuf: string, small: string, smallAfterWri
       const w = ratioAt(rows, dmabuf, smallAfterWrite, s, 'one-way', () => true);
       const c = rowOf(rows, dmabuf, s, 'one-way')?.costs;
       const gcOk = c?.gc === 0;
-      return { size: s, ok: j.ok && gcOk, text: `${j.text}${rt ? `, round trip ${rt.text}` : ''}, ${c?.gc !== undefined ? c.gc.toFixed(2) : '?'} GCs${w ? `; one-way against the small postMessage after a fresh write ${w.text}` : ''}` };
+      const m = ratioAt(rows, minimal, small, s, 'one-way', () => true);
+      const over = ratioAt(rows, dmabuf, minimal, s, 'one-way', () => true);
+      const floorText = m && over ? `; the minimal JS worker receiver ${m.text} of the small postMessage, dmabuf-worker ${over.text} of it` : '';
+      return { size: s, ok: j.ok && gcOk, text: `${j.text}${rt ? `, round trip ${rt.text}` : ''}, ${c?.gc !== undefined ? c.gc.toFixed(2) : '?'} GCs${w ? `; one-way against the small postMessage after a fresh write ${w.text}` : ''}${floorText}` };
     },
     (missed) => anatomy(rows, dmabuf, small, worstOf(missed, rows, dmabuf, 'one-way')),
   )];

@@ -15,7 +15,7 @@
  */
 import { native, type PollHandle } from '../../src/native/binding.js';
 import { decodeChannelMessage } from '../../src/transport/channel-wire.js';
-import { MsgType, encode } from '../../src/remote/protocol.js';
+import { readAndGiveBack, type MinimalOffer } from './minimal-read.js';
 import { Packets, observeGc, serveControl } from './wire.js';
 
 const c = native.constants;
@@ -26,24 +26,13 @@ let route = -1;
 /** The watchers: a poll handle that is garbage collected stops watching. */
 const watchers: PollHandle[] = [];
 
-function notify(type: (typeof MsgType)[keyof typeof MsgType], body: Record<string, unknown>): void {
-  native.sendmsg(route, encode(type, 0, body), [], c.MSG_DONTWAIT);
-}
-
-interface Offer {
-  buffer: number;
-  size: number;
-  pid: number;
-  channel?: boolean;
-  map: { attachment: number; map: number };
-}
 
 function onHandoff(): void {
   for (;;) {
     const r = native.recvmsg(3, 1 << 16, 4, c.MSG_DONTWAIT, true);
     if (r === null) return;
     if (r.data.length === 0) process.exit(0);
-    const h = decodeChannelMessage(r.data).handoff as unknown as Offer;
+    const h = decodeChannelMessage(r.data).handoff as unknown as MinimalOffer;
     const [file, memfd, channel] = r.fds as [number, number, number | undefined];
     if (h.channel && channel !== undefined) route = channel;
     if (native.peerCred(file).pid !== h.pid) throw new Error('the file was not made by the process the offer names');
@@ -51,21 +40,7 @@ function onHandoff(): void {
     const st = native.fstat(memfd);
     const seals = native.getSeals(memfd);
     if ((seals & (c.F_SEAL_SHRINK | c.F_SEAL_GROW)) !== (c.F_SEAL_SHRINK | c.F_SEAL_GROW) || st.size < h.size) throw new Error('storage not sealed or too small');
-    const handle = native.mmap(memfd, h.size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_PRIVATE);
-    native.close(memfd);
-    const tMapped = process.hrtime.bigint();
-    const ab = native.mappingView(handle, 0, h.size);
-    const view = new Uint8Array(ab);
-    const first = view[0];
-    const last = view[view.length - 1];
-    const tRead = process.hrtime.bigint();
-    native.detachView(ab);
-    native.munmap(handle);
-    notify(MsgType.UNMAP, { map: h.map.map });
-    notify(MsgType.DETACH, { attachment: h.map.attachment });
-    native.close(file);
-    notify(MsgType.PUT, { buffer: h.buffer, grants: 1 });
-    control.send({ ok: true, first, last, stale: ab.byteLength, tMapped, tRead, tDone: process.hrtime.bigint() });
+    control.send({ ok: true, ...readAndGiveBack(route, memfd, file, h) });
   }
 }
 

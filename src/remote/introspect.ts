@@ -282,6 +282,8 @@ let disabled = false;
 let live = 0;
 let clients = 0;
 let scheduled: NodeJS.Immediate | null = null;
+/** Whether `DMABUF_INFO` was read (at this thread's first buffer). */
+let envRead = false;
 
 /** The abstract name this thread listens on (without the leading NUL), or null. */
 export function introspectionAddress(): string | null {
@@ -298,11 +300,14 @@ export function introspectionAddress(): string | null {
 export function ensureIntrospection(buf: DmaBuf): void {
   try {
     if (disabled) return;
-    // The environment is read when the thread starts using buffers (no buffer, no endpoint),
-    // not at every buffer.
-    if (!available || (live === 0 && !listener && process.env.DMABUF_INFO === '0')) {
-      disabled = true;
-      return;
+    // The environment is read once, when the thread starts using buffers (no buffer, no
+    // endpoint), not at every buffer.
+    if (!envRead) {
+      envRead = true;
+      if (!available || process.env.DMABUF_INFO === '0') {
+        disabled = true;
+        return;
+      }
     }
     live += 1;
     buf[kOnRelease](onBufferReleased);

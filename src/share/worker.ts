@@ -119,20 +119,22 @@ function endRouteWith(port: MessageTarget): void {
 
 /** Posts the message, with the exporter's offer when there is one; in this call when the offer is. */
 function post(port: MessageTarget, buf: DmaBuf, fd: number, meta: unknown): Now<void> {
+  // The duplicate is the buffer's own file: its key is the buffer's (no fstat).
+  const key = buf.key;
   let offer: Now<HandoffOffer | null>;
   try {
     offer = offerHandoff(buf, port, process.pid, 'thread');
   } catch {
     offer = null; // the receiver imports through the file
   }
-  return andThen(offer, (o) => deliver(port, fd, meta, o), () => deliver(port, fd, meta, null));
+  return andThen(offer, (o) => deliver(port, fd, key, meta, o), () => deliver(port, fd, key, meta, null));
 }
 
-function deliver(port: MessageTarget, fd: number, meta: unknown, offer: HandoffOffer | null): void {
+function deliver(port: MessageTarget, fd: number, key: string, meta: unknown, offer: HandoffOffer | null): void {
   const op = 'postBuffer';
   try {
     if (offer?.body.channel === true) endRouteWith(port);
-    const message: BufferMessage = { [BUFFER_MESSAGE_MARKER]: true, fd, key: fileKey(fd), pid: process.pid, meta };
+    const message: BufferMessage = { [BUFFER_MESSAGE_MARKER]: true, fd, key, pid: process.pid, meta };
     if (offer) message.handoff = { body: offer.body, fds: [...offer.fds] };
     port.postMessage(message);
     offer?.sent();
