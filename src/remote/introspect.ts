@@ -284,6 +284,8 @@ let clients = 0;
 let scheduled: NodeJS.Immediate | null = null;
 /** Whether `DMABUF_INFO` was read (at this thread's first buffer). */
 let envRead = false;
+/** Buffers created in this thread so far (see {@link linger}). */
+let created = 0;
 
 /** The abstract name this thread listens on (without the leading NUL), or null. */
 export function introspectionAddress(): string | null {
@@ -292,8 +294,9 @@ export function introspectionAddress(): string | null {
 
 /**
  * Called by the framework for every buffer created in this thread (exported or imported):
- * starts this thread's introspection listener if it is not running, and stops it when the
- * last such buffer is released, so that a thread without buffers holds no descriptor for it.
+ * starts this thread's introspection listener if it is not running, and stops it two seconds
+ * after the last such buffer is released, so that a thread without buffers soon holds no
+ * descriptor for it.
  * Never throws: when sockets are unavailable or the names are taken, the thread simply is
  * not listed by `dmabuf info`.
  */
@@ -310,14 +313,20 @@ export function ensureIntrospection(buf: DmaBuf): void {
       }
     }
     live += 1;
+    created += 1;
     buf[kOnRelease](onBufferReleased);
     // Listening costs a few syscalls: never in the middle of an export or a get (a hand-off's
-    // latency), but right after, once the event loop turns.
+    // latency), but right after, once the event loop turns. Also when the buffer is gone by
+    // then (a stream of hand-offs releases each within its turn): the endpoint lingers as
+    // after any last buffer, so that such a thread is listed too, and pays this once.
     if (!listener && !scheduled) {
       scheduled = setImmediate(() => {
         scheduled = null;
         try {
-          if (!listener && !disabled && live > 0) listener = listen();
+          if (!listener && !disabled) {
+            listener = listen();
+            if (live === 0) linger();
+          }
         } catch {
           // try again at the next buffer
         }
@@ -341,10 +350,21 @@ function onBufferReleased(): void {
   live -= 1;
   if (live > 0) return;
   live = 0;
+  linger();
+}
+
+/**
+ * Stops the endpoint after {@link LINGER_MS} without a buffer; buffers that came and went
+ * meanwhile (a stream of hand-offs, each released within its turn) keep it up another while.
+ */
+function linger(): void {
   if (lingering) return;
+  const mark = created;
   lingering = setTimeout(() => {
     lingering = null;
-    if (live === 0) stopIntrospection();
+    if (live > 0) return;
+    if (created !== mark) linger();
+    else stopIntrospection();
   }, LINGER_MS);
   lingering.unref();
 }
