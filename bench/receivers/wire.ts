@@ -323,13 +323,16 @@ class AllocationSampler {
       let bytes = 0;
       if (!err) {
         const names = new Map<number, string>();
-        const walk = (node: HeapProfileNode): void => {
+        // A builtin (Map, push, an iterator's next: no script) is named with its caller.
+        const walk = (node: HeapProfileNode, caller: string): void => {
           const f = node.callFrame;
-          names.set(node.id, `${f.functionName || '(anonymous)'} ${f.url.split('/').pop() ?? ''}:${f.lineNumber + 1}`);
-          for (const child of node.children) walk(child);
+          const own = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop() ?? ''}:${f.lineNumber + 1}`;
+          const name = f.url === '' && caller !== '' ? `${f.functionName || '(anonymous)'} in ${caller}` : own;
+          names.set(node.id, name);
+          for (const child of node.children) walk(child, f.url === '' ? caller : own);
         };
         const profile = result.profile as unknown as { head: HeapProfileNode; samples: { size: number; nodeId: number }[] };
-        walk(profile.head);
+        walk(profile.head, '');
         for (const sample of profile.samples) {
           bytes += sample.size;
           const name = names.get(sample.nodeId) ?? '?';
