@@ -84,6 +84,8 @@ async function producer(): Promise<void> {
     env: { ...process.env, FENCED_RING_CHILD: '1' },
   });
   closeSync(theirs);
+  // Listened for now: a consumer may be gone by the time the producer has read its report.
+  const exited = Promise.all([once(worker, 'exit'), once(child, 'exit')]);
   for (const { buf } of slots) {
     postBuffer(worker, buf);
     await channel.send(buf);
@@ -138,7 +140,7 @@ async function producer(): Promise<void> {
   worker.postMessage('done');
   child.send('done');
   const [w, c] = await Promise.all(reports);
-  await Promise.all([once(worker, 'exit'), child.exitCode === null ? once(child, 'exit') : null]);
+  await exited;
   channel.close();
   for (const { buf } of slots) {
     for (const att of buf.attachments) await att.detach();

@@ -33,6 +33,7 @@ async function server(): Promise<void> {
   console.log(`[server] listening on ${address}`);
 
   const client = spawn(process.execPath, [fileURLToPath(import.meta.url), 'client', address], { stdio: 'inherit' });
+  const exited = once(client, 'exit'); // it may exit before the server sees its hang-up
   const channel = await server.accept({ signal: AbortSignal.timeout(10_000) });
   server.close(); // one client is all this example serves
   console.log(`[server] client connected (pid ${channel.peer.pid})`);
@@ -58,7 +59,7 @@ async function server(): Promise<void> {
     // EPIPE: the client closed its end
   }
   channel.close();
-  await once(client, 'exit');
+  await exited;
   console.log('[server] done');
 }
 
