@@ -6,14 +6,17 @@
  * by ±20% between runs on the benchmark machine, as the bare hop does; this one moves by
  * about ±5%, because the two are measured in the same rhythm, hundreds of times.
  *
- * `node dist/bench/ratio.js [N] [SIZE] [--worker] [--gap MS]`, e.g.
+ * `node dist/bench/ratio.js [N] [SIZE] [--worker] [--minimal] [--gap MS]`, e.g.
  * `node dist/bench/ratio.js 300 4K`: `dmabuf-channel` against the BufferChannel bare hop;
- * with `--worker`, `dmabuf-worker` against a small postMessage to the same worker.
+ * with `--worker`, `dmabuf-worker` against a small postMessage to the same worker. With
+ * `--minimal`, the minimal JavaScript receiver (`receivers/minimal.ts`, or
+ * `receivers/minimal-worker.ts` with `--worker`) takes its turn too, and the hand-off is also
+ * given against it: what this package's receive path costs over the least one can do.
  *
  * @module
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ChannelBareMethod, ChannelHost, DmabufChannelMethod, WorkerDmabufMethod, WorkerHost, WorkerSmallMethod, startWarm } from './methods.js';
+import { ChannelBareMethod, ChannelHost, DmabufChannelMethod, MinimalReceiverMethod, MinimalWorkerMethod, WorkerDmabufMethod, WorkerHost, WorkerSmallMethod, startWarm } from './methods.js';
 import { fmtSize, fmtTime, parseSize, stats } from './harness.js';
 
 const args = process.argv.slice(2);
@@ -27,6 +30,7 @@ const n = Number(positional[0] ?? 300);
 const size = parseSize(positional[1] ?? '4K');
 const gapMs = Number(option('--gap', '2'));
 const worker = flag('--worker');
+const withMinimal = flag('--minimal');
 
 let handoff: DmabufChannelMethod | WorkerDmabufMethod;
 let bare: ChannelBareMethod | WorkerSmallMethod;
@@ -39,10 +43,14 @@ if (worker) {
   handoff = new DmabufChannelMethod(host);
   bare = new ChannelBareMethod(host);
 }
-await startWarm([handoff, bare], size, 100);
-const series = { handoff: { oneWay: [] as number[], roundTrip: [] as number[] }, bare: { oneWay: [] as number[], roundTrip: [] as number[] } };
+type Turn = DmabufChannelMethod | ChannelBareMethod | WorkerDmabufMethod | WorkerSmallMethod;
+const minimal: Turn | null = withMinimal ? (worker ? new MinimalWorkerMethod() : new MinimalReceiverMethod()) : null;
+const turns: ['handoff' | 'bare' | 'minimal', Turn][] = [['handoff', handoff], ['bare', bare]];
+if (minimal) turns.push(['minimal', minimal]);
+await startWarm(turns.map(([, m]) => m), size, 100);
+const series = { handoff: { oneWay: [] as number[], roundTrip: [] as number[] }, bare: { oneWay: [] as number[], roundTrip: [] as number[] }, minimal: { oneWay: [] as number[], roundTrip: [] as number[] } };
 for (let i = 0; i < n; i++) {
-  for (const [name, method] of [['handoff', handoff], ['bare', bare]] as const) {
+  for (const [name, method] of turns) {
     await sleep(gapMs);
     const s = await method.once('ends');
     series[name].oneWay.push(s.oneWayNs);
@@ -52,8 +60,11 @@ for (let i = 0; i < n; i++) {
 const line = (what: 'oneWay' | 'roundTrip'): string => {
   const h = stats(series.handoff[what]).median;
   const b = stats(series.bare[what]).median;
-  return `${what === 'oneWay' ? 'one-way' : 'round trip'} ${fmtTime(h)} against ${fmtTime(b)}: ${(h / b).toFixed(2)}x`;
+  const m = minimal ? stats(series.minimal[what]).median : 0;
+  const overMinimal = minimal ? `; the minimal receiver ${fmtTime(m)} (${(m / b).toFixed(2)}x), the hand-off ${(h / m).toFixed(2)}x it` : '';
+  return `${what === 'oneWay' ? 'one-way' : 'round trip'} ${fmtTime(h)} against ${fmtTime(b)}: ${(h / b).toFixed(2)}x${overMinimal}`;
 };
 console.log(`${n} x ${handoff.name} and ${bare.name}, ${fmtSize(size)}, ${gapMs} ms idle before each | ${line('oneWay')} | ${line('roundTrip')}`);
 await handoff.close();
 await bare.close();
+await minimal?.close();
