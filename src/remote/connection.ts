@@ -77,9 +77,9 @@ export class Connection {
   #closeReason: DmaBufError | null = null;
   /** Messages rejected as malformed (for tests and introspection). */
   badMessages = 0;
-  /** Notifications not sent yet (see {@link notify}), and whether the end of the turn will send them. */
+  /** Notifications not sent yet (see {@link notify}), and the immediate that sends them at the end of the turn. */
   #notes: [MsgTypeValue, Record<string, unknown>][] = [];
-  #notesQueued = false;
+  #notesTimer: NodeJS.Immediate | null = null;
 
   /** Takes ownership of `fd`, a connected SEQPACKET socket of this process only. */
   constructor(fd: number, handlers: ConnectionHandlers) {
@@ -151,17 +151,22 @@ export class Connection {
     this.#notes.push([type, body]);
     if (last || this.#notes.length >= MAX_BATCH) {
       this.#flushNotes();
-    } else if (!this.#notesQueued) {
-      this.#notesQueued = true;
-      setImmediate(() => {
-        if (this.#notesQueued) this.#flushNotes();
+    } else if (!this.#notesTimer) {
+      this.#notesTimer = setImmediate(() => {
+        this.#notesTimer = null;
+        this.#flushNotes();
       });
     }
   }
 
   /** Sends the pending notifications now, as one message (a BATCH when there are several). */
   #flushNotes(): void {
-    this.#notesQueued = false;
+    // Sent now: the end of the turn has nothing left to send, and no immediate keeps the
+    // event loop from blocking in its next poll.
+    if (this.#notesTimer) {
+      clearImmediate(this.#notesTimer);
+      this.#notesTimer = null;
+    }
     const notes = this.#notes;
     if (notes.length === 0 || this.#closed) return;
     this.#notes = [];
@@ -261,6 +266,10 @@ export class Connection {
     // What this side said before closing still reaches the peer when the socket takes it.
     if (this.#notes.length > 0 && this.#queue.length === 0) this.#flushNotes();
     this.#notes = [];
+    if (this.#notesTimer) {
+      clearImmediate(this.#notesTimer);
+      this.#notesTimer = null;
+    }
     this.#closed = true;
     this.#closeReason = reason;
     if (this.#poll) {
