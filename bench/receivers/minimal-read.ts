@@ -34,6 +34,17 @@ export interface MinimalRead {
 }
 
 /**
+ * The check a receiver may not skip before mapping: `memfd` is a memfd sealed against
+ * shrinking and growing, and covers `size` bytes (else a peer could truncate it under the
+ * mapping). Throws otherwise.
+ */
+export function checkStorage(memfd: number, size: number): void {
+  const [, fileSize, seals] = native.memoryInfo(memfd);
+  const needed = c.F_SEAL_SHRINK | c.F_SEAL_GROW;
+  if (seals < 0 || (seals & needed) !== needed || fileSize < size) throw new Error('storage not sealed or too small');
+}
+
+/**
  * Maps `memfd` (checked, then closed here), reads both ends, unmaps, closes `file` and gives
  * the exporter its map, attach and grant back on `route`.
  */

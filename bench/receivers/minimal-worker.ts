@@ -14,11 +14,10 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { native } from '../../src/native/binding.js';
-import { readAndGiveBack, type MinimalOffer } from './minimal-read.js';
+import { checkStorage, readAndGiveBack, type MinimalOffer } from './minimal-read.js';
 import { threadCpuNs, threadId } from '../costs.js';
 import { observeGc } from './wire.js';
 
-const c = native.constants;
 const port = parentPort!;
 const gc = observeGc();
 /** The route's channel to the exporter, from the first hand-off on. */
@@ -37,8 +36,7 @@ function onBuffer(m: Message): void {
   const [memfd, channel] = m.handoff.fds as [number, number | undefined];
   if (h.channel && channel !== undefined) route = channel;
   if (native.statKey(m.fd) !== m.key) throw new Error('the descriptor is not the one posted');
-  const [, size, seals] = native.memoryInfo(memfd);
-  if ((seals & (c.F_SEAL_SHRINK | c.F_SEAL_GROW)) !== (c.F_SEAL_SHRINK | c.F_SEAL_GROW) || size < h.size) throw new Error('storage not sealed or too small');
+  checkStorage(memfd, h.size);
   port.postMessage(readAndGiveBack(route, memfd, m.fd, h));
 }
 

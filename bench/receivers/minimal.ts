@@ -15,7 +15,7 @@
  */
 import { native, type PollHandle } from '../../src/native/binding.js';
 import { decodeChannelMessage } from '../../src/transport/channel-wire.js';
-import { readAndGiveBack, type MinimalOffer } from './minimal-read.js';
+import { checkStorage, readAndGiveBack, type MinimalOffer } from './minimal-read.js';
 import { Packets, observeGc, serveControl } from './wire.js';
 
 const c = native.constants;
@@ -37,9 +37,7 @@ function onHandoff(): void {
     if (h.channel && channel !== undefined) route = channel;
     if (native.peerCred(file).pid !== h.pid) throw new Error('the file was not made by the process the offer names');
     native.fstat(file); // its key, as any receiver needs to know the buffer
-    const st = native.fstat(memfd);
-    const seals = native.getSeals(memfd);
-    if ((seals & (c.F_SEAL_SHRINK | c.F_SEAL_GROW)) !== (c.F_SEAL_SHRINK | c.F_SEAL_GROW) || st.size < h.size) throw new Error('storage not sealed or too small');
+    checkStorage(memfd, h.size);
     control.send({ ok: true, ...readAndGiveBack(route, memfd, file, h) });
   }
 }

@@ -159,14 +159,17 @@ export class Connection {
     }
   }
 
+  /** Drops the end-of-turn send of the notifications (they left, or never will). */
+  #cancelNotesTimer(): void {
+    if (!this.#notesTimer) return;
+    clearImmediate(this.#notesTimer);
+    this.#notesTimer = null;
+  }
+
   /** Sends the pending notifications now, as one message (a BATCH when there are several). */
   #flushNotes(): void {
-    // Sent now: the end of the turn has nothing left to send, and no immediate keeps the
-    // event loop from blocking in its next poll.
-    if (this.#notesTimer) {
-      clearImmediate(this.#notesTimer);
-      this.#notesTimer = null;
-    }
+    // Sent now: the end of the turn has nothing left to send.
+    this.#cancelNotesTimer();
     const notes = this.#notes;
     if (notes.length === 0 || this.#closed) return;
     this.#notes = [];
@@ -266,10 +269,7 @@ export class Connection {
     // What this side said before closing still reaches the peer when the socket takes it.
     if (this.#notes.length > 0 && this.#queue.length === 0) this.#flushNotes();
     this.#notes = [];
-    if (this.#notesTimer) {
-      clearImmediate(this.#notesTimer);
-      this.#notesTimer = null;
-    }
+    this.#cancelNotesTimer();
     this.#closed = true;
     this.#closeReason = reason;
     if (this.#poll) {
