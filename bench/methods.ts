@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { Worker } from 'node:worker_threads';
-import { BufferChannel, CpuDevice, postBuffer, systemHeap, type DmaBuf } from '../src/index.js';
+import { BufferChannel, CpuDevice, postBuffer, systemHeap, type DmaBuf, type DmaBufOps } from '../src/index.js';
 import { kOnRelease } from '../src/core/internal.js';
 import { serviceChannels } from '../src/remote/service.js';
 import { native } from '../src/native/binding.js';
@@ -125,6 +125,35 @@ function releaseOf(buf: DmaBuf, what: string, ms = 30_000): { promise: Promise<v
     timer.unref();
   });
   return { promise, cancel: () => clearTimeout(timer) };
+}
+
+/**
+ * Resolves when `buf` has no attachment and no map left in this (the exporting) thread: the
+ * receiver's unmap and detach have run here. Driven by the event, not by polling (a timer
+ * would add a sleep and a wake-up of the harness to the exporter's CPU time): the buffer's
+ * `ops.detach` is wrapped, for this buffer alone, to look once the detach has completed.
+ * Rejects after `ms`.
+ */
+function idleOf(buf: DmaBuf, what: string, ms = 30_000): Promise<void> {
+  const ops = buf.ops;
+  const isIdle = (): boolean => buf.mapCount === 0 && buf.attachments.length === 0;
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what}: the receiver's unmap and detach did not reach the exporter in ${ms} ms`)), ms);
+    timer.unref();
+    // The core finishes a detach (the attachment leaves the list) when the op has returned,
+    // or when the promise it returned settles: look a job later.
+    const look = (): void => queueMicrotask(() => {
+      if (!isIdle()) return;
+      clearTimeout(timer);
+      resolve();
+    });
+    const detach: DmaBufOps['detach'] = (b, attachment) => {
+      const r = ops.detach?.call(ops, b, attachment);
+      void Promise.resolve(r).then(look, look);
+      return r;
+    };
+    (buf as { ops: DmaBufOps }).ops = Object.create(ops, { detach: { value: detach } }) as DmaBufOps;
+  });
 }
 
 /** The bytes the copying baselines send, made once per size and shared by them. */
@@ -428,6 +457,8 @@ abstract class OneMessageMethod implements Method {
   async once(read: ReadMode): Promise<Sample> {
     const buf = await filledBuffer(this.#size, 4096, `bench-${this.name}-${this.#size}`);
     const released = releaseOf(buf, this.name);
+    const idle = idleOf(buf, this.name);
+    idle.catch(() => {}); // awaited below; a hand-off that failed before leaves it unawaited
     const acked = this.ack();
     const cpu0 = this.cpuNow();
     const t0 = now();
@@ -440,14 +471,9 @@ abstract class OneMessageMethod implements Method {
       tSent = now();
       r = await acked;
       tAck = now();
-      // The exporter's part ends when it has run the receiver's unmap and detach (sent before
-      // the ack, on the route's channel; the exporter runs them at the end of the turn in which
-      // it read them): check at the end of this turn first, then poll gently (the poll's CPU
-      // is counted). A timer first would add a sleep and a wake-up that is the harness's.
-      for (let i = 0; buf.mapCount > 0 || buf.attachments.length > 0; i++) {
-        if (i > 30_000) throw new Error(`${this.name}: the receiver's unmap and detach did not reach the exporter`);
-        await new Promise((resolve) => (i < 2 ? setImmediate(resolve) : setTimeout(resolve, 0)));
-      }
+      // The exporter's part ends when it has run the receiver's unmap and detach (sent on the
+      // route's channel at the end of the receiver's turn, after the ack).
+      await idle;
       cpu = this.cpuNow() - cpu0;
     } finally {
       // The producer's reference, put after the measured span: the release that follows

@@ -11,7 +11,9 @@
  * with `--worker`, `dmabuf-worker` against a small postMessage to the same worker. With
  * `--minimal`, the minimal JavaScript receiver (`receivers/minimal.ts`, or
  * `receivers/minimal-worker.ts` with `--worker`) takes its turn too, and the hand-off is also
- * given against it: what this package's receive path costs over the least one can do.
+ * given against it: what this package's receive path costs over the least one can do. The
+ * line ends with the median CPU time of the exporter per hand-off (from t0 until it has the
+ * ack and has run the receiver's unmap and detach).
  *
  * @module
  */
@@ -48,13 +50,15 @@ const minimal: Turn | null = withMinimal ? (worker ? new MinimalWorkerMethod() :
 const turns: ['handoff' | 'bare' | 'minimal', Turn][] = [['handoff', handoff], ['bare', bare]];
 if (minimal) turns.push(['minimal', minimal]);
 await startWarm(turns.map(([, m]) => m), size, 100);
-const series = { handoff: { oneWay: [] as number[], roundTrip: [] as number[] }, bare: { oneWay: [] as number[], roundTrip: [] as number[] }, minimal: { oneWay: [] as number[], roundTrip: [] as number[] } };
+const serie = (): { oneWay: number[]; roundTrip: number[]; cpu: number[] } => ({ oneWay: [], roundTrip: [], cpu: [] });
+const series = { handoff: serie(), bare: serie(), minimal: serie() };
 for (let i = 0; i < n; i++) {
   for (const [name, method] of turns) {
     await sleep(gapMs);
     const s = await method.once('ends');
     series[name].oneWay.push(s.oneWayNs);
     series[name].roundTrip.push(s.roundTripNs);
+    if (s.cpu?.sender !== undefined) series[name].cpu.push(s.cpu.sender);
   }
 }
 const line = (what: 'oneWay' | 'roundTrip'): string => {
@@ -64,7 +68,8 @@ const line = (what: 'oneWay' | 'roundTrip'): string => {
   const overMinimal = minimal ? `; the minimal receiver ${fmtTime(m)} (${(m / b).toFixed(2)}x), the hand-off ${(h / m).toFixed(2)}x it` : '';
   return `${what === 'oneWay' ? 'one-way' : 'round trip'} ${fmtTime(h)} against ${fmtTime(b)}: ${(h / b).toFixed(2)}x${overMinimal}`;
 };
-console.log(`${n} x ${handoff.name} and ${bare.name}, ${fmtSize(size)}, ${gapMs} ms idle before each | ${line('oneWay')} | ${line('roundTrip')}`);
+const cpu = series.handoff.cpu.length > 0 ? ` | sender CPU ${fmtTime(stats(series.handoff.cpu).median)}` : '';
+console.log(`${n} x ${handoff.name} and ${bare.name}, ${fmtSize(size)}, ${gapMs} ms idle before each | ${line('oneWay')} | ${line('roundTrip')}${cpu}`);
 await handoff.close();
 await bare.close();
 await minimal?.close();

@@ -183,7 +183,7 @@ export function markdown(rep: Report): string {
       const ct = costsTable(c.rows);
       if (ct) {
         lines.push('### Costs per hand-off (separate passes)', '');
-        lines.push('Means over N back-to-back hand-offs of one method (see the notes above for how each is counted). CPU sender: the exporting process (or thread) from t0 until the ack (for dmabuf: and until it has run the receiver\'s unmap and detach; the release that frees the storage is not counted); CPU receiver: the receiving process (every thread) or worker thread over the pass. System calls: strace, in the receiving process (every thread), or in the worker thread.', '');
+        lines.push('Means over N back-to-back hand-offs of one method (see the notes above for how each is counted). CPU sender: the exporting process (or thread) from t0 until the ack (for dmabuf: and until it has run the receiver\'s unmap and detach, which come after the ack, waited for on the event; the release that frees the storage is not counted); CPU receiver: the receiving process (every thread) or worker thread over the pass. System calls: strace, in the receiving process (every thread), or in the worker thread.', '');
         lines.push(ct, '');
         const names = syscallNames(c.rows);
         if (names) lines.push(names, '');

@@ -1,18 +1,14 @@
 /**
  * The part the two minimal receivers share (`receivers/minimal.ts` for a process,
  * `receivers/minimal-worker.ts` for a thread), once the memfd passed their checks: `mmap`,
- * one view, the first and last byte; the view detached, `munmap`, the file closed, and UNMAP,
- * DETACH and PUT sent to the exporter one by one on the route's channel, as the package sends
- * them.
+ * one view, the first and last byte; the view detached, `munmap`, the file closed; then, after
+ * the receiver's acknowledgement, UNMAP, DETACH and PUT sent to the exporter as one BATCH on
+ * the route's channel, as the package sends them (at the end of the turn).
  */
 import { native } from '../../src/native/binding.js';
 import { MsgType, encode } from '../../src/remote/protocol.js';
 
 const c = native.constants;
-
-function notify(route: number, type: (typeof MsgType)[keyof typeof MsgType], body: Record<string, unknown>): void {
-  native.sendmsg(route, encode(type, 0, body), [], c.MSG_DONTWAIT);
-}
 
 /** The fields of a hand-off offer the minimal receivers use. */
 export interface MinimalOffer {
@@ -45,10 +41,11 @@ export function checkStorage(memfd: number, size: number): void {
 }
 
 /**
- * Maps `memfd` (checked, then closed here), reads both ends, unmaps, closes `file` and gives
- * the exporter its map, attach and grant back on `route`.
+ * Maps `memfd` (checked, then closed here), reads both ends, unmaps and closes `file`. The
+ * exporter's map, attach and grant are given back by {@link giveBack}, after the
+ * acknowledgement.
  */
-export function readAndGiveBack(route: number, memfd: number, file: number, h: MinimalOffer): MinimalRead {
+export function readAndRelease(memfd: number, file: number, h: MinimalOffer): MinimalRead {
   const handle = native.mmap(memfd, h.size, 0, c.PROT_READ | c.PROT_WRITE, c.MAP_PRIVATE);
   native.close(memfd);
   const tMapped = process.hrtime.bigint();
@@ -59,9 +56,16 @@ export function readAndGiveBack(route: number, memfd: number, file: number, h: M
   const tRead = process.hrtime.bigint();
   native.detachView(ab);
   native.munmap(handle);
-  notify(route, MsgType.UNMAP, { map: h.map.map });
-  notify(route, MsgType.DETACH, { attachment: h.map.attachment });
   native.close(file);
-  notify(route, MsgType.PUT, { buffer: h.buffer, grants: 1 });
   return { first, last, stale: ab.byteLength, tMapped, tRead, tDone: process.hrtime.bigint() };
+}
+
+/** Gives the exporter its map, attach and grant back on `route`: UNMAP, DETACH and PUT in one BATCH. */
+export function giveBack(route: number, h: MinimalOffer): void {
+  const notes = [
+    [MsgType.UNMAP, { map: h.map.map }],
+    [MsgType.DETACH, { attachment: h.map.attachment }],
+    [MsgType.PUT, { buffer: h.buffer, grants: 1 }],
+  ];
+  native.sendmsg(route, encode(MsgType.BATCH, 0, { messages: notes }), [], c.MSG_DONTWAIT);
 }

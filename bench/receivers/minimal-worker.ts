@@ -7,14 +7,14 @@
  * Per hand-off: the message's descriptor is still the one posted (its `dev:ino` against the
  * key, as any receiver of a descriptor number must check), the memfd is sealed against
  * shrinking and growing and covers the size; then what `minimal-read.ts` does (`mmap`, one
- * view, both ends read, `munmap`, UNMAP, DETACH and PUT on the route's channel, carried by the
- * first hand-off). No buffer, attachment or table object; no limits, no fallback.
+ * view, both ends read, `munmap`; after the answer, UNMAP, DETACH and PUT as one BATCH on the
+ * route's channel, carried by the first hand-off). No buffer, attachment or table object; no limits, no fallback.
  *
  * Messages other than buffers: `{ kind: 'stats' }` as in `receivers/dmabuf-worker.ts`.
  */
 import { parentPort } from 'node:worker_threads';
 import { native } from '../../src/native/binding.js';
-import { checkStorage, readAndGiveBack, type MinimalOffer } from './minimal-read.js';
+import { checkStorage, giveBack, readAndRelease, type MinimalOffer } from './minimal-read.js';
 import { threadCpuNs, threadId } from '../costs.js';
 import { observeGc } from './wire.js';
 
@@ -37,7 +37,8 @@ function onBuffer(m: Message): void {
   if (h.channel && channel !== undefined) route = channel;
   if (native.statKey(m.fd) !== m.key) throw new Error('the descriptor is not the one posted');
   checkStorage(memfd, h.size);
-  port.postMessage(readAndGiveBack(route, memfd, m.fd, h));
+  port.postMessage(readAndRelease(memfd, m.fd, h));
+  giveBack(route, h);
 }
 
 port.on('message', (m: { kind?: string; fd?: unknown }) => {

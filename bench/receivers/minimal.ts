@@ -7,15 +7,15 @@
  * Per hand-off on fd 3: `recvmsg`, the header and JSON of the message, the checks a receiver
  * may not skip (the file was made by the process the offer names; the memfd is sealed against
  * shrinking and growing and covers the size), `mmap`, one view, the first and last byte; then
- * the view detached, `munmap`, the file closed, and UNMAP, DETACH and PUT sent to the exporter
- * one by one on the route's channel, as the package sends them. No buffer, attachment or table
+ * the view detached, `munmap`, the file closed, the ack, and UNMAP, DETACH and PUT sent to the
+ * exporter as one BATCH on the route's channel, as the package sends them. No buffer, attachment or table
  * object; no limits, no fallback, no forged-offer handling beyond refusing it.
  *
  * fd 4 (bare hops) and fd 5 (control) as in `receivers/channel.ts`.
  */
 import { native, type PollHandle } from '../../src/native/binding.js';
 import { decodeChannelMessage } from '../../src/transport/channel-wire.js';
-import { checkStorage, readAndGiveBack, type MinimalOffer } from './minimal-read.js';
+import { checkStorage, giveBack, readAndRelease, type MinimalOffer } from './minimal-read.js';
 import { Packets, observeGc, serveControl } from './wire.js';
 
 const c = native.constants;
@@ -38,7 +38,8 @@ function onHandoff(): void {
     if (native.peerCred(file).pid !== h.pid) throw new Error('the file was not made by the process the offer names');
     native.fstat(file); // its key, as any receiver needs to know the buffer
     checkStorage(memfd, h.size);
-    control.send({ ok: true, ...readAndGiveBack(route, memfd, file, h) });
+    control.send({ ok: true, ...readAndRelease(memfd, file, h) });
+    giveBack(route, h);
   }
 }
 

@@ -137,19 +137,19 @@ export class Connection {
    * Sends a notification (id 0, never answered) in order with every other message. Pending
    * notifications leave together, as one BATCH record (one system call, one wake-up of the
    * peer), at the first of:
-   * - a notification that ends a holder's use of a buffer (`last`: the importer's PUT), sent
-   *   at once with those before it, so that unmap, detach and put leave as one record before
-   *   anything the program sends next (an acknowledgement to the producer on another socket,
-   *   which would otherwise wake the peer first and the batch a second time);
    * - a request or a reply on this connection (they leave first, keeping the order of calls);
-   * - the end of the event loop's turn (`setImmediate`), for notifications no PUT follows;
+   * - the end of the event loop's turn (`setImmediate`);
    * - `MAX_BATCH` pending notifications.
+   *
+   * Not at once: what the program sends in the same turn (an acknowledgement to the producer
+   * on another socket, after its unmap, detach and put) reaches the peer first, so that its
+   * round trip does not wait for the bookkeeping.
    * Never throws and never waits; nothing is sent once the connection is closed.
    */
-  notify(type: MsgTypeValue, body: Record<string, unknown>, last = false): void {
+  notify(type: MsgTypeValue, body: Record<string, unknown>): void {
     if (this.#closed) return;
     this.#notes.push([type, body]);
-    if (last || this.#notes.length >= MAX_BATCH) {
+    if (this.#notes.length >= MAX_BATCH) {
       this.#flushNotes();
     } else if (!this.#notesTimer) {
       this.#notesTimer = setImmediate(() => {

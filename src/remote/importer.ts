@@ -99,11 +99,11 @@ interface Prefetched {
 
 /**
  * Tells the exporter something it does not answer (id 0): in order, never waiting. Pending
- * ones leave together at a PUT, before the next request, or at the end of the event loop's
- * turn (see `Connection.notify`).
+ * ones leave together before the next request or at the end of the event loop's turn (see
+ * `Connection.notify`).
  */
 function notify(channel: ImportChannel, type: (typeof MsgType)[keyof typeof MsgType], body: Record<string, unknown>): void {
-  channel.conn.notify(type, body, type === MsgType.PUT);
+  channel.conn.notify(type, body);
 }
 
 /** Whether a table made ahead meets `device`'s constraints (so the device may take it). */

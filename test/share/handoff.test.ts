@@ -148,7 +148,7 @@ test('a first hand-off to another process is one message: mapped with no request
     assert.deepEqual(await nextLine(child, (v) => 'done' in v), { done: true, stale: 0 });
     await waitFor(() => buf.mapCount === 0 && buf.attachments.length === 0 && newChannel(before)?.notifications === 3, 5000, 'the notifications');
     assert.equal(newChannel(before)?.requests, 0, 'still no request: unmap, detach and put did not wait');
-    assert.equal(newChannel(before)?.records, 1, 'unmap, detach and put left as one record, sent at the put');
+    assert.equal(newChannel(before)?.records, 1, 'unmap, detach and put left as one record, at the end of the turn');
 
   } finally {
     await ended(child, done);
@@ -419,6 +419,46 @@ test('between threads: receiveBuffer(message, { map }) maps with no request to t
     assert.equal(served.requests, 0, 'the worker asked the exporter thread nothing');
     await waitFor(() => buf.mapCount === 0 && buf.attachments.length === 0, 5000, 'the worker\'s notifications');
   } finally {
+    await worker.terminate();
+    buf.put();
+  }
+  await waitFor(() => buf.released, 5000, 'release');
+});
+
+test('a consumer\'s acknowledgement sent right after its put reaches the producer before the unmap, detach and put, which follow at the end of the consumer\'s turn', async () => {
+  const buf = await filled(1 << 16, 0x33, 'ack-first');
+  // The worker acknowledges, then stays in the same turn (blocked on `gate`) until told to go on.
+  const gate = new Int32Array(new SharedArrayBuffer(4));
+  const worker = new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(${JSON.stringify(INDEX_URL)}).then((m) => {
+      parentPort.on('message', async (msg) => {
+        const { buffer, attachment, sgt } = await m.receiveBuffer(msg, { map: { device: new m.CpuDevice(), direction: 'to-device' } });
+        await attachment.unmap(sgt);
+        await attachment.detach();
+        buffer.put();
+        parentPort.postMessage({ acked: true });
+        Atomics.wait(workerData.gate, 0, 0, 10000);
+      });
+    });
+  `, { eval: true, workerData: { gate } });
+  const before = tokens();
+  try {
+    await postBuffer(worker, buf);
+    assert.deepEqual(await new Promise((resolve) => worker.once('message', resolve)), { acked: true });
+    assert.equal(buf.mapCount, 1, 'the acknowledgement came first: the map made ahead is still outstanding here');
+    await sleep(150);
+    assert.equal(buf.mapCount, 1, 'nothing was sent in the consumer\'s turn');
+    assert.equal(buf.attachments.length, 1);
+    Atomics.store(gate, 0, 1);
+    Atomics.notify(gate, 0);
+    await waitFor(() => buf.mapCount === 0 && buf.attachments.length === 0, 5000, 'the notifications at the end of the consumer\'s turn');
+    const served = newChannel(before);
+    assert.equal(served?.records, 1, 'unmap, detach and put in one record');
+    assert.equal(served?.requests, 0);
+  } finally {
+    Atomics.store(gate, 0, 1);
+    Atomics.notify(gate, 0);
     await worker.terminate();
     buf.put();
   }
