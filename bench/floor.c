@@ -4,8 +4,12 @@
  * time (cc -O2) and drives it through stdin, one command per line; every answer is one JSON
  * line on stdout. Times are CLOCK_MONOTONIC nanoseconds (the clock of process.hrtime).
  *
- *   alloc SIZE HUGE   create a memfd of SIZE bytes (2 MiB pages when HUGE is 1), fill it
- *                     (every page exists) with 0x2a, first byte 0x11, last byte 0x22; unmap
+ *   alloc SIZE HUGE [FRESH]
+ *                     create a memfd of SIZE bytes (2 MiB pages when HUGE is 1), fill it
+ *                     (every page exists) with 0x2a, first byte 0x11, last byte 0x22; unmap.
+ *                     FRESH=1: no memfd now; each handoff creates and fills a new one before
+ *                     its t0 and closes it after the ack (a first hand-off of a new buffer,
+ *                     as a producer of new frames makes them)
  *   handoff ALL       send the memfd to the child over a SOCK_SEQPACKET socketpair; the child
  *                     times from recvmsg's return to having read the first and last byte
  *                     (ALL=1: and summed every byte, 8 at a time as doubles), then munmaps,
@@ -77,6 +81,26 @@ static void child(int sock) {
   }
 }
 
+/*
+ * A new memfd of `size` bytes (2 MiB pages when `huge`), every page written: 0x2a, the first
+ * byte 0x11, the last 0x22; the writer's mapping is gone when it returns. Prints the error
+ * and returns -1 on failure.
+ */
+static int filled_memfd(uint64_t size, int huge) {
+  int fd = memfd_create("bench-floor", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+  if (fd < 0) { printf("{\"error\":\"memfd_create: %s\"}\n", strerror(errno)); return -1; }
+  uint64_t page = huge ? (2u << 20) : 4096;
+  uint64_t bytes = (size + page - 1) / page * page;
+  if (ftruncate(fd, (off_t)bytes) < 0) { printf("{\"error\":\"ftruncate: %s\"}\n", strerror(errno)); close(fd); return -1; }
+  unsigned char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) { printf("{\"error\":\"mmap: %s\"}\n", strerror(errno)); close(fd); return -1; }
+  memset(p, 0x2a, size);
+  p[0] = 0x11;
+  p[size - 1] = 0x22;
+  munmap(p, bytes);
+  return fd;
+}
+
 int main(void) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) die("socketpair");
@@ -87,25 +111,21 @@ int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   int memfd = -1;
   uint64_t size = 0;
+  int huge = 0, fresh = 0;
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
     unsigned long long a = 0, b = 0;
-    if (sscanf(line, "alloc %llu %llu", &a, &b) == 2) {
+    unsigned long long f = 0;
+    if (sscanf(line, "alloc %llu %llu %llu", &a, &b, &f) >= 2) {
       if (memfd >= 0) close(memfd);
+      memfd = -1;
       size = a;
-      memfd = memfd_create("bench-floor", MFD_CLOEXEC | (b ? MFD_HUGETLB : 0));
-      if (memfd < 0) { printf("{\"error\":\"memfd_create: %s\"}\n", strerror(errno)); continue; }
-      uint64_t page = b ? (2u << 20) : 4096;
-      uint64_t bytes = (size + page - 1) / page * page;
-      if (ftruncate(memfd, (off_t)bytes) < 0) { printf("{\"error\":\"ftruncate: %s\"}\n", strerror(errno)); continue; }
-      unsigned char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-      if (p == MAP_FAILED) { printf("{\"error\":\"mmap: %s\"}\n", strerror(errno)); continue; }
-      memset(p, 0x2a, size);
-      p[0] = 0x11;
-      p[size - 1] = 0x22;
-      munmap(p, bytes);
+      huge = (int)b;
+      fresh = (int)f;
+      if (!fresh && (memfd = filled_memfd(size, huge)) < 0) continue;
       printf("{\"ok\":true}\n");
     } else if (sscanf(line, "handoff %llu", &a) == 1) {
+      if (fresh && size > 0 && (memfd = filled_memfd(size, huge)) < 0) continue;
       if (memfd < 0) { printf("{\"error\":\"no memfd\"}\n"); continue; }
       struct request rq = { .size = size, .all = (uint32_t)a };
       char cbuf[CMSG_SPACE(sizeof(int))];
@@ -123,6 +143,7 @@ int main(void) {
       struct reply rp;
       if (read(sv[0], &rp, sizeof rp) != sizeof rp) die("read");
       uint64_t t2 = now_ns();
+      if (fresh) { close(memfd); memfd = -1; }
       if (rp.err) { printf("{\"error\":\"receiver: %s\"}\n", strerror(rp.err)); continue; }
       printf("{\"recvNs\":%llu,\"receiverNs\":%llu,\"oneWayNs\":%llu,\"roundTripNs\":%llu,\"first\":%d,\"last\":%d,\"sum\":%.17g}\n",
              (unsigned long long)(rp.t_recv - t0), (unsigned long long)(rp.t_read - rp.t_recv),

@@ -813,13 +813,28 @@ export function floorCompileNote(): string {
 export class FloorMethod implements Method {
   readonly name: string;
   readonly huge: boolean;
+  /** A new memfd written before each hand-off (see {@link FloorMethod.constructor}). */
+  readonly fresh: boolean;
+  costs?: (n: number, read: ReadMode) => Promise<Costs>;
+  syscalls?: (n: number, read: ReadMode) => Promise<Partial<Costs>>;
   #child: ChildProcess | null = null;
   #lines: Interface | null = null;
   #pending: ((line: string) => void)[] = [];
 
-  constructor(options: { huge?: boolean } = {}) {
+  /**
+   * `huge`: the memfd has 2 MiB pages. `fresh`: each hand-off sends a new memfd, created and
+   * written (then unmapped) by the sender right before its t0 and closed after the ack, as
+   * dmabuf-channel's exporter makes a new buffer per hand-off; otherwise one memfd per size,
+   * written once and sent again and again. The fresh floor has no costs passes.
+   */
+  constructor(options: { huge?: boolean; fresh?: boolean } = {}) {
     this.huge = options.huge ?? false;
-    this.name = this.huge ? 'C floor (2 MiB pages)' : 'C floor';
+    this.fresh = options.fresh ?? false;
+    this.name = this.fresh ? 'C floor, after a fresh write' : this.huge ? 'C floor (2 MiB pages)' : 'C floor';
+    if (!this.fresh) {
+      this.costs = (n, read) => this.#costs(n, read);
+      this.syscalls = (n, read) => this.#syscalls(n, read);
+    }
   }
 
   async start(): Promise<void> {
@@ -842,7 +857,7 @@ export class FloorMethod implements Method {
   }
 
   async prepare(size: number): Promise<void> {
-    await this.#command(`alloc ${size} ${this.huge ? 1 : 0}`);
+    await this.#command(`alloc ${size} ${this.huge ? 1 : 0} ${this.fresh ? 1 : 0}`);
   }
 
   async once(read: ReadMode): Promise<Sample> {
@@ -860,7 +875,7 @@ export class FloorMethod implements Method {
   }
 
   /** CPU: each side's /proc/PID/schedstat (both single-threaded), over `n` hand-offs. */
-  async costs(n: number, read: ReadMode): Promise<Costs> {
+  async #costs(n: number, read: ReadMode): Promise<Costs> {
     const cpuOf = (pid: number): number => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]);
     const rpid = this.#receiverPid();
     const spid = this.#child!.pid!;
@@ -870,7 +885,7 @@ export class FloorMethod implements Method {
     return { n, cpuReceiver: (cpuOf(rpid) - r0) / n, cpuSender: (cpuOf(spid) - s0) / n };
   }
 
-  async syscalls(n: number, read: ReadMode): Promise<Partial<Costs>> {
+  async #syscalls(n: number, read: ReadMode): Promise<Partial<Costs>> {
     const rpid = this.#receiverPid();
     const count = await traceSyscalls(rpid, async () => {
       for (let i = 0; i < n; i++) await this.once(read);
