@@ -464,3 +464,33 @@ test('a consumer\'s acknowledgement sent right after its put reaches the produce
   }
   await waitFor(() => buf.released, 5000, 'release');
 });
+
+test('a worker that puts and ends in the same turn, before its notifications leave: the exporter still drops the map and the attachment, and the buffer is released', async () => {
+  for (const end of ['process.exit(0)', 'parentPort.close()']) {
+    const buf = await filled(1 << 16, 0x44, 'put-then-end');
+    const worker = new Worker(`
+      const { parentPort } = require('node:worker_threads');
+      import(${JSON.stringify(INDEX_URL)}).then((m) => {
+        parentPort.on('message', async (msg) => {
+          const { buffer, attachment, sgt } = await m.receiveBuffer(msg, { map: { device: new m.CpuDevice(), direction: 'to-device' } });
+          await attachment.unmap(sgt);
+          await attachment.detach();
+          buffer.put();
+          ${end};
+        });
+        parentPort.postMessage('ready');
+      });
+    `, { eval: true });
+    try {
+      await new Promise((resolve) => worker.once('message', resolve));
+      const exited = new Promise((resolve) => worker.once('exit', resolve));
+      await postBuffer(worker, buf);
+      await exited;
+      await waitFor(() => buf.mapCount === 0 && buf.attachments.length === 0, 5000, `the exporter's cleanup after ${end}`);
+    } finally {
+      await worker.terminate();
+      buf.put();
+    }
+    await waitFor(() => buf.released, 5000, `release after ${end}`);
+  }
+});
