@@ -37,6 +37,27 @@ function newChannel(before: Set<string>) {
   return serviceChannels().find((c) => !before.has(c.token));
 }
 
+/**
+ * A worker that, for each buffer posted to it, does `receiveBuffer(m, { map })`, unmaps,
+ * detaches and puts, then runs `after` in the same turn (`parentPort`, `workerData` in scope).
+ * It posts 'ready' once it listens.
+ */
+function releasingWorker(after: string, workerData?: unknown): Worker {
+  return new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(${JSON.stringify(INDEX_URL)}).then((m) => {
+      parentPort.on('message', async (msg) => {
+        const { buffer, attachment, sgt } = await m.receiveBuffer(msg, { map: { device: new m.CpuDevice(), direction: 'to-device' } });
+        await attachment.unmap(sgt);
+        await attachment.detach();
+        buffer.put();
+        ${after}
+      });
+      parentPort.postMessage('ready');
+    });
+  `, { eval: true, workerData });
+}
+
 /** A child script that waits for a line on its stdin: `await step()`. */
 const STEP = `
 const rl = (await import('node:readline')).createInterface({ input: process.stdin });
@@ -429,21 +450,13 @@ test('a consumer\'s acknowledgement sent right after its put reaches the produce
   const buf = await filled(1 << 16, 0x33, 'ack-first');
   // The worker acknowledges, then stays in the same turn (blocked on `gate`) until told to go on.
   const gate = new Int32Array(new SharedArrayBuffer(4));
-  const worker = new Worker(`
-    const { parentPort, workerData } = require('node:worker_threads');
-    import(${JSON.stringify(INDEX_URL)}).then((m) => {
-      parentPort.on('message', async (msg) => {
-        const { buffer, attachment, sgt } = await m.receiveBuffer(msg, { map: { device: new m.CpuDevice(), direction: 'to-device' } });
-        await attachment.unmap(sgt);
-        await attachment.detach();
-        buffer.put();
-        parentPort.postMessage({ acked: true });
-        Atomics.wait(workerData.gate, 0, 0, 10000);
-      });
-    });
-  `, { eval: true, workerData: { gate } });
+  const worker = releasingWorker(`
+    parentPort.postMessage({ acked: true });
+    Atomics.wait(workerData.gate, 0, 0, 10000);
+  `, { gate });
   const before = tokens();
   try {
+    await new Promise((resolve) => worker.once('message', resolve)); // ready
     await postBuffer(worker, buf);
     assert.deepEqual(await new Promise((resolve) => worker.once('message', resolve)), { acked: true });
     assert.equal(buf.mapCount, 1, 'the acknowledgement came first: the map made ahead is still outstanding here');
@@ -468,21 +481,9 @@ test('a consumer\'s acknowledgement sent right after its put reaches the produce
 test('a worker that puts and ends in the same turn, before its notifications leave: the exporter still drops the map and the attachment, and the buffer is released', async () => {
   for (const end of ['process.exit(0)', 'parentPort.close()']) {
     const buf = await filled(1 << 16, 0x44, 'put-then-end');
-    const worker = new Worker(`
-      const { parentPort } = require('node:worker_threads');
-      import(${JSON.stringify(INDEX_URL)}).then((m) => {
-        parentPort.on('message', async (msg) => {
-          const { buffer, attachment, sgt } = await m.receiveBuffer(msg, { map: { device: new m.CpuDevice(), direction: 'to-device' } });
-          await attachment.unmap(sgt);
-          await attachment.detach();
-          buffer.put();
-          ${end};
-        });
-        parentPort.postMessage('ready');
-      });
-    `, { eval: true });
+    const worker = releasingWorker(`${end};`);
     try {
-      await new Promise((resolve) => worker.once('message', resolve));
+      await new Promise((resolve) => worker.once('message', resolve)); // ready
       const exited = new Promise((resolve) => worker.once('exit', resolve));
       await postBuffer(worker, buf);
       await exited;
