@@ -114,8 +114,7 @@ int main(void) {
   int huge = 0, fresh = 0;
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
-    unsigned long long a = 0, b = 0;
-    unsigned long long f = 0;
+    unsigned long long a = 0, b = 0, f = 0;
     if (sscanf(line, "alloc %llu %llu %llu", &a, &b, &f) >= 2) {
       if (memfd >= 0) close(memfd);
       memfd = -1;

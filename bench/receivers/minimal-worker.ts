@@ -8,7 +8,8 @@
  * key, as any receiver of a descriptor number must check), the memfd is sealed against
  * shrinking and growing and covers the size; then what `minimal-read.ts` does (`mmap`, one
  * view, both ends read, `munmap`; after the answer, UNMAP, DETACH and PUT as one BATCH on the
- * route's channel, carried by the first hand-off). No buffer, attachment or table object; no limits, no fallback.
+ * route's channel, carried by the first hand-off). No buffer, attachment or table object; no
+ * limits, no fallback.
  *
  * Messages other than buffers: `{ kind: 'stats' }` as in `receivers/dmabuf-worker.ts`.
  */

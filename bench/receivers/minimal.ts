@@ -8,8 +8,9 @@
  * may not skip (the file was made by the process the offer names; the memfd is sealed against
  * shrinking and growing and covers the size), `mmap`, one view, the first and last byte; then
  * the view detached, `munmap`, the file closed, the ack, and UNMAP, DETACH and PUT sent to the
- * exporter as one BATCH on the route's channel, as the package sends them. No buffer, attachment or table
- * object; no limits, no fallback, no forged-offer handling beyond refusing it.
+ * exporter as one BATCH on the route's channel, as the package sends them. No buffer,
+ * attachment or table object; no limits, no fallback, no forged-offer handling beyond refusing
+ * it.
  *
  * fd 4 (bare hops) and fd 5 (control) as in `receivers/channel.ts`.
  */

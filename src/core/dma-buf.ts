@@ -860,7 +860,6 @@ export async function attachMapped(buffer: DmaBuf, device: Device, direction: Dm
   }
 }
 
-/** Errors thrown by an exporter's op, as {@link DmaBufError}s (a foreign error becomes `EIO`). */
 /**
  * Runs an exporter op whose end is recorded whether it fails or not: `after` runs once the op
  * returns (at once for a plain value), and a failure is reported as the op's error. Returns
@@ -884,6 +883,7 @@ function endingOp(call: () => Promise<void> | void, after: () => void, op: strin
   });
 }
 
+/** Errors thrown by an exporter's op, as {@link DmaBufError}s (a foreign error becomes `EIO`). */
 function asOpError(err: unknown, op: string, where: string): DmaBufError {
   if (err instanceof DmaBufError) return err;
   const msg = err instanceof Error ? err.message : String(err);
